@@ -1,0 +1,23 @@
+-- name: push_tasks :one
+-- Insert a batch of Pending tasks in one statement. Rows whose (queue,
+-- idempotency key) already exists are skipped; the result counts the rows
+-- inserted and lists their keys, so the caller can name the keys that collided.
+-- nullable: idempotency_keys[]
+-- not-null: inserted
+WITH inserted AS (
+    INSERT INTO apalis.jobs (
+        job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
+        idempotency_key
+    )
+    SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
+           t.metadata::jsonb, t.idempotency_key
+      FROM unnest(
+               @jobs::bytea[], @ids::text[], @max_attempts::int4[], @run_ats::timestamptz[],
+               @priorities::int4[], @metadata::text[], @idempotency_keys::text[]
+           ) AS t(job, id, max_attempts, run_at, priority, metadata, idempotency_key)
+    ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING idempotency_key
+)
+SELECT count(*)::int4 AS inserted,
+       array_agg(idempotency_key) FILTER (WHERE idempotency_key IS NOT NULL) AS inserted_keys
+  FROM inserted;
