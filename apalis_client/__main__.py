@@ -1,0 +1,7 @@
+"""Allow ``python -m apalis_client``."""
+
+import sys
+
+from apalis_client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""The ``apalis-client`` command: migrate, verify, and a self-contained demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from apalis_client.errors import ApalisError, ConnectionFailed
+from apalis_client.migrate import migrate, verify_schema
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """Open an autocommit connection, turning connection failures into a clear error."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConnectionFailed("connect", f"cannot connect to {_redact(url)}: {detail}") from exc
+
+
+def _redact(url: str) -> str:
+    # Never echo a password back to a terminal or a log.
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    if info.get("password"):
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+
+
+@contextlib.contextmanager
+def _database(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    # No database configured: start a throwaway one, as the tests do.
+    from apalis_codegen.pgfind import find_postgres
+
+    with find_postgres() as server:
+        print(f"using a throwaway PostgreSQL ({server.source})")
+        yield server.url
+
+
+def _cmd_migrate(url: str) -> int:
+    with connect(url) as conn:
+        report = migrate(conn)
+    print(f"applied: {', '.join(report.applied) or 'nothing (up to date)'}")
+    print(f"reconciled: {', '.join(report.reconciled) or 'nothing drifted'}")
+    return 0
+
+
+def _cmd_verify(url: str) -> int:
+    with connect(url) as conn:
+        report = verify_schema(conn)
+    if report.ok:
+        print("schema OK: generation 14, every migration applied")
+        return 0
+    for problem in report.problems:
+        print(f"- {problem}")
+    return 1
+
+
+def _cmd_demo(url: str | None) -> int:
+    with _database(url) as db, connect(db) as conn:
+        report = migrate(conn)
+        print(f"migrate: applied {report.applied or 'nothing'}; reconciled {report.reconciled or 'nothing'}")
+        verified = verify_schema(conn)
+        print("verify:", "OK (generation 14)" if verified.ok else verified.problems)
+        from apalis_client.migrate import _read_catalog  # noqa: PLC0415 - demo-only introspection
+
+        catalog = _read_catalog(conn)
+        for kind in ("relations", "constraints", "indexes", "functions", "triggers"):
+            names = ", ".join(str(r["name"]) for r in catalog[kind])
+            print(f"{kind:>11}: {names}")
+    return 0 if verified.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="apalis-client", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("migrate", "apply schema migrations and repair drift"),
+        ("verify", "report what differs from generation 14"),
+        ("demo", "migrate, verify and show the schema (throwaway PostgreSQL if none given)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _cmd_demo(args.database_url)
+        if not args.database_url:
+            parser.error("no database: pass --database-url or set DATABASE_URL")
+        return int(_cmd_migrate(args.database_url) if args.command == "migrate" else _cmd_verify(args.database_url))
+    except ApalisError as exc:
+        print(f"apalis-client {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+-- Statements the migrator and verify_schema run (schema bookkeeping and
+-- catalog reads). Same header format as queries/; they move to generated code
+-- once the generator lands.
+
+-- name: lock_schema :exec
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: unlock_schema :exec
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: relations :many
+SELECT c.relname::text AS name, c.relkind::text AS kind
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'apalis' AND c.relkind IN ('r', 'm', 'v', 'p')
+ ORDER BY 1;
+
+-- name: applied_migrations :many
+SELECT filename, checksum FROM apalis.apalis_client_migrations ORDER BY filename;
+
+-- name: record_migration :exec
+INSERT INTO apalis.apalis_client_migrations (filename, checksum) VALUES (%(filename)s, %(checksum)s);
+
+-- name: columns :many
+SELECT c.relname::text AS table_name,
+       a.attname::text AS column_name,
+       format_type(a.atttypid, a.atttypmod) AS data_type,
+       a.attnotnull AS not_null,
+       pg_get_expr(d.adbin, d.adrelid) AS column_default
+  FROM pg_attribute AS a
+  JOIN pg_class AS c ON c.oid = a.attrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+  LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE n.nspname = 'apalis' AND c.relname IN ('jobs', 'workers', 'queue_stats_snapshot')
+   AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY c.relname, a.attnum;
+
+-- name: constraints :many
+SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition
+  FROM pg_constraint AS con
+  JOIN pg_class AS c ON c.oid = con.conrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'apalis' AND c.relname IN ('jobs', 'workers')
+ ORDER BY 1;
+
+-- name: indexes :many
+SELECT ic.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition
+  FROM pg_index AS i
+  JOIN pg_class AS ic ON ic.oid = i.indexrelid
+  JOIN pg_namespace AS n ON n.oid = ic.relnamespace
+ WHERE n.nspname = 'apalis'
+ ORDER BY 1;
+
+-- name: functions :many
+SELECT p.proname::text AS name,
+       pg_get_function_arguments(p.oid) AS arguments,
+       pg_get_function_result(p.oid) AS result,
+       p.prosrc AS source,
+       coalesce(array_to_string(p.proconfig, ';'), '') AS config,
+       p.prosecdef AS security_definer,
+       p.provolatile::text AS volatility,
+       l.lanname::text AS language
+  FROM pg_proc AS p
+  JOIN pg_namespace AS n ON n.oid = p.pronamespace
+  JOIN pg_language AS l ON l.oid = p.prolang
+ WHERE n.nspname = 'apalis'
+ ORDER BY 1;
+
+-- name: triggers :many
+SELECT t.tgname::text AS name,
+       t.tgtype::int4 AS type,
+       t.tgenabled::text AS enabled,
+       t.tgqual IS NULL AS no_when,
+       t.tgnargs::int4 AS nargs,
+       coalesce(t.tgnewtable::text, '') AS new_table,
+       t.tgfoid::regproc::text AS function
+  FROM pg_trigger AS t
+  JOIN pg_class AS c ON c.oid = t.tgrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'apalis' AND NOT t.tgisinternal
+ ORDER BY 1;
