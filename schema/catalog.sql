@@ -41,6 +41,8 @@ SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition
   JOIN pg_class AS c ON c.oid = con.conrelid
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
  WHERE n.nspname = 'apalis' AND c.relname IN ('jobs', 'workers')
+   -- PostgreSQL 18 catalogs NOT NULL as constraints too; columns cover those.
+   AND con.contype <> 'n'
  ORDER BY 1;
 
 -- name: indexes :many

@@ -42,17 +42,28 @@ def _from_env() -> FoundServer | None:
 
 @contextlib.contextmanager
 def _from_testcontainers() -> Iterator[FoundServer | None]:
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        # No engine to ask; probing anyway leaves an unclosed socket behind.
+        yield None
+        return
     try:
         import docker  # type: ignore[import-untyped]
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
     except ImportError:
         yield None
         return
     try:
-        docker.from_env().ping()
+        client = docker.from_env()
+    except Exception:  # no engine configured: try the next way
+        yield None
+        return
+    try:
+        client.ping()
     except Exception:  # no engine answering: try the next way
         yield None
         return
+    finally:
+        client.close()
     with PostgresContainer("postgres:16", driver=None) as pg:
         yield FoundServer(pg.get_connection_url(), "testcontainers")
 

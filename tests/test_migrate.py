@@ -1,0 +1,233 @@
+"""Schema migrations: generation-14 shape, upgrade from generation 10, drift, concurrency, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from conftest import Flavor, Query, run_sql_file
+
+import apalis_client
+from apalis_client.cli import main as cli_main
+
+pytestmark = pytest.mark.conformance
+
+# Written out from CONTRACT.md by hand, not read from schema/generation14.json,
+# so a wrong expectation file cannot make this test agree with itself.
+CONSTRAINTS = {
+    "jobs_pkey": "PRIMARY KEY (id)",
+    "jobs_status_check": "CHECK ((status = ANY (ARRAY['Pending'::text, 'Queued'::text, "
+    "'Running'::text, 'Done'::text, 'Failed'::text, 'Killed'::text])))",
+    "jobs_attempts_check": "CHECK ((attempts >= 0))",
+    "jobs_max_attempts_check": "CHECK ((max_attempts > 0))",
+    "jobs_attempts_lte_max_attempts_check": "CHECK ((attempts <= max_attempts))",
+    "jobs_priority_check": "CHECK ((priority >= 0))",
+    "jobs_lock_by_worker_type_fkey": "FOREIGN KEY (lock_by, job_type) "
+    "REFERENCES apalis.workers(id, worker_type)",
+    "jobs_active_owner_check": "CHECK (((status <> ALL (ARRAY['Queued'::text, 'Running'::text])) "
+    "OR (lock_by IS NOT NULL)))",
+    "jobs_state_shape_check": "CHECK ((((status <> 'Pending'::text) OR ((lock_by IS NULL) AND "
+    "(lock_at IS NULL))) AND ((status <> ALL (ARRAY['Queued'::text, 'Running'::text])) OR "
+    "((lock_by IS NOT NULL) AND (lock_at IS NOT NULL)))))",
+}
+P = "ON apalis.jobs USING btree"
+INDEXES = {
+    "jobs_dequeue_idx": f"CREATE INDEX jobs_dequeue_idx {P} (job_type, priority DESC, run_at, id) "
+    "WHERE ((status = ANY (ARRAY['Pending'::text, 'Failed'::text])) AND (attempts < max_attempts))",
+    "jobs_list_by_queue_idx": f"CREATE INDEX jobs_list_by_queue_idx {P} "
+    "(job_type, status, done_at DESC, run_at DESC, id DESC)",
+    "jobs_list_all_idx": f"CREATE INDEX jobs_list_all_idx {P} (status, done_at DESC, run_at DESC, id DESC)",
+    "jobs_locked_by_queue_idx": f"CREATE INDEX jobs_locked_by_queue_idx {P} (job_type, lock_by) "
+    "WHERE ((lock_by IS NOT NULL) AND (status = ANY (ARRAY['Running'::text, 'Queued'::text])))",
+    "jobs_job_type_lock_by_idx": f"CREATE INDEX jobs_job_type_lock_by_idx {P} (job_type, lock_by) "
+    "WHERE (lock_by IS NOT NULL)",
+    "jobs_job_type_run_at_idx": f"CREATE INDEX jobs_job_type_run_at_idx {P} (job_type, run_at)",
+    "jobs_run_at_idx": f"CREATE INDEX jobs_run_at_idx {P} (run_at)",
+    "jobs_job_type_done_at_idx": f"CREATE INDEX jobs_job_type_done_at_idx {P} (job_type, done_at) "
+    "WHERE (done_at IS NOT NULL)",
+    "idx_jobs_idempotency_key": f"CREATE UNIQUE INDEX idx_jobs_idempotency_key {P} "
+    "(job_type, idempotency_key) WHERE (idempotency_key IS NOT NULL)",
+    "jobs_pkey": f"CREATE UNIQUE INDEX jobs_pkey {P} (id)",
+}
+
+
+def assert_generation14_shape(url: str, query: Query) -> None:
+    constraints = dict(
+        query(url, "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint "
+                   "WHERE conrelid = 'apalis.jobs'::regclass AND contype <> 'n'")
+    )
+    assert constraints == CONSTRAINTS
+    indexes = dict(
+        query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+                   "WHERE indrelid = 'apalis.jobs'::regclass")
+    )
+    assert {k.removeprefix("apalis."): v for k, v in indexes.items()} == INDEXES
+    functions = query(
+        url,
+        "SELECT proname::text, prosecdef, provolatile::text, proconfig::text[], "
+        "pg_get_function_arguments(oid), pg_get_function_result(oid) FROM pg_proc "
+        "WHERE pronamespace = 'apalis'::regnamespace ORDER BY 1",
+    )
+    assert functions == [
+        ("get_jobs", False, "v", ["search_path=pg_catalog, apalis, pg_temp"],
+         "worker_id text, v_job_type text, v_job_count integer DEFAULT 5", "SETOF apalis.jobs"),
+        ("notify_new_jobs", False, "v", ["search_path=pg_catalog, apalis, pg_temp"], "", "trigger"),
+    ]
+    triggers = query(
+        url,
+        "SELECT tgname::text, tgtype, tgenabled::text, tgqual IS NULL, tgnargs, tgnewtable::text "
+        "FROM pg_trigger WHERE tgrelid = 'apalis.jobs'::regclass AND NOT tgisinternal",
+    )
+    assert triggers == [("notify_workers", 4, "O", True, 0, "new_jobs")]
+    snapshot = query(
+        url,
+        "SELECT relkind::text, relispopulated FROM pg_class "
+        "WHERE oid = 'apalis.queue_stats_snapshot'::regclass",
+    )
+    assert snapshot == [("m", False)]
+
+
+def test_fresh_migrate_creates_exactly_generation_14(flavor: Flavor, empty_db: str, query: Query) -> None:
+    report = flavor.migrate(empty_db)
+    assert report.applied == ["0001_base.sql", "0002_generation14.sql"]
+    assert_generation14_shape(empty_db, query)
+    assert flavor.verify(empty_db).problems == []
+
+
+def test_second_migrate_is_a_no_op(flavor: Flavor, migrated_db: str) -> None:
+    report = flavor.migrate(migrated_db)
+    assert (report.applied, report.reconciled) == ([], [])
+
+
+def test_upgrade_from_rust_generation_10_keeps_and_repairs_rows(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
+    run_sql_file(empty_db, "rust_setup_generation10.sql")
+    run_sql_file(empty_db, "generation10_rows.sql")
+    assert not flavor.verify(empty_db).ok
+
+    flavor.migrate(empty_db)
+
+    assert_generation14_shape(empty_db, query)
+    rows = query(empty_db, "SELECT right(id, 2), status, attempts, lock_by, lock_at IS NULL, "
+                           "done_at IS NULL FROM apalis.jobs ORDER BY id")
+    assert rows == [
+        ("01", "Pending", 0, None, True, True),
+        ("02", "Queued", 0, "w1", False, True),
+        ("03", "Running", 1, "w1", False, True),
+        ("04", "Done", 1, "w1", False, False),
+        ("05", "Failed", 1, "w1", False, False),
+        ("06", "Killed", 5, "w1", False, False),
+        ("07", "Pending", 3, None, True, True),  # lost claim: one attempt consumed
+        ("08", "Killed", 5, None, True, False),  # lost claim at the limit
+        ("09", "Pending", 1, None, True, True),  # stale owner shed
+    ]
+    assert query(empty_db, "SELECT count(*) FROM public.__diesel_schema_migrations") == [(2,)]
+
+
+def test_migrate_puts_back_what_the_rust_setup_rewrote(
+    flavor: Flavor, migrated_db: str, query: Query
+) -> None:
+    run_sql_file(migrated_db, "rust_setup_generation10.sql")  # runs cleanly over our schema
+    problems = flavor.verify(migrated_db).problems
+    assert any("jobs_dequeue_idx differs" in p for p in problems)
+    assert any("apalis.get_jobs differs" in p for p in problems)
+    assert any("apalis.notify_new_jobs differs" in p for p in problems)
+
+    report = flavor.migrate(migrated_db)
+
+    assert report.applied == []
+    assert sorted(report.reconciled) == [
+        "repeatable/10_function_get_jobs.sql",
+        "repeatable/11_function_notify_new_jobs.sql",
+        "repeatable/30_index_jobs_dequeue_idx.sql",
+    ]
+    assert_generation14_shape(migrated_db, query)
+
+
+def test_eight_concurrent_migrators_all_succeed(empty_db: str, query: Query) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "apalis_client", "migrate", "--database-url", empty_db],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(8)
+    ]
+    results = [(p.returncode, p.communicate(timeout=120)[1]) for p in procs]
+    results = [(p.returncode, err) for p, (_, err) in zip(procs, results, strict=True)]
+    assert [code for code, _ in results] == [0] * 8, results
+    assert query(empty_db, "SELECT filename FROM apalis.apalis_client_migrations ORDER BY 1") == [
+        ("0001_base.sql",),
+        ("0002_generation14.sql",),
+    ]
+    assert_generation14_shape(empty_db, query)
+
+
+def test_failing_migration_leaves_nothing_behind(flavor: Flavor, empty_db: str, query: Query) -> None:
+    # A foreign get_jobs with another return type makes the reconcile step fail
+    # after the tables were created in the same transaction.
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA apalis")
+        conn.execute("CREATE FUNCTION apalis.get_jobs(worker_id text, v_job_type text, "
+                     "v_job_count integer DEFAULT 5) RETURNS integer LANGUAGE sql AS 'SELECT 1'")
+    with pytest.raises(apalis_client.DatabaseError, match="migrate failed: cannot change return type"):
+        flavor.migrate(empty_db)
+    assert query(empty_db, "SELECT relname::text FROM pg_class "
+                           "WHERE relnamespace = 'apalis'::regnamespace") == []
+
+
+def test_edited_applied_migration_is_refused(flavor: Flavor, migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("UPDATE apalis.apalis_client_migrations SET checksum = repeat('0', 64) "
+                     "WHERE filename = '0002_generation14.sql'")
+    with pytest.raises(apalis_client.MigrationChecksumMismatch, match="0002_generation14.sql was applied"):
+        flavor.migrate(migrated_db)
+
+
+def test_unknown_apalis_shape_is_refused_by_name(flavor: Flavor, empty_db: str, query: Query) -> None:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA apalis")
+        conn.execute("CREATE TABLE apalis.jobs (id integer PRIMARY KEY, payload text)")
+        conn.execute("CREATE TABLE apalis.workers (id text PRIMARY KEY)")
+    with pytest.raises(apalis_client.SchemaError, match=r"apalis\.jobs\.id is integer, expected text"):
+        flavor.migrate(empty_db)
+    assert query(empty_db, "SELECT to_regclass('apalis.apalis_client_migrations')::text") == [(None,)]
+
+
+def test_migrate_inside_a_transaction_is_refused_before_any_sql(migrated_db: str) -> None:
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(apalis_client.InvalidArgument, match="outside any transaction.*INTRANS"):
+            apalis_client.migrate(conn)
+
+
+def test_cli_reports_an_unreachable_server_without_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli_main(["verify", "--database-url", "postgresql://u:secret@127.0.0.1:1/x"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot connect to" in err and "port=1" in err
+    assert "secret" not in err and "Traceback" not in err
+
+
+def test_cli_reports_an_unknown_role_without_a_traceback(
+    server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = psycopg.conninfo.make_conninfo(server_url, user="no_such_role_apalis", password="wrong")
+    code = cli_main(["migrate", "--database-url", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no_such_role_apalis" in err and "wrong" not in err.replace("no_such_role", "")
+
+
+def test_cli_verify_names_drift_and_exits_1(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("DROP INDEX apalis.jobs_run_at_idx")
+    assert cli_main(["verify", "--database-url", migrated_db]) == 1
+    assert "index jobs_run_at_idx is missing" in capsys.readouterr().out
