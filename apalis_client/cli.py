@@ -70,10 +70,13 @@ def _cmd_verify(url: str) -> int:
 def _cmd_demo(url: str | None) -> int:
     with _database(url) as db, connect(db) as conn:
         report = migrate(conn)
-        print(f"migrate: applied {report.applied or 'nothing'}; reconciled {report.reconciled or 'nothing'}")
+        print(
+            f"migrate: applied {report.applied or 'nothing'}; "
+            f"reconciled {report.reconciled or 'nothing'}"
+        )
         verified = verify_schema(conn)
         print("verify:", "OK (generation 14)" if verified.ok else verified.problems)
-        from apalis_client.migrate import _read_catalog  # noqa: PLC0415 - demo-only introspection
+        from apalis_client.migrate import _read_catalog
 
         catalog = _read_catalog(conn)
         for kind in ("relations", "constraints", "indexes", "functions", "triggers"):
@@ -99,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args.database_url)
         if not args.database_url:
             parser.error("no database: pass --database-url or set DATABASE_URL")
-        return int(_cmd_migrate(args.database_url) if args.command == "migrate" else _cmd_verify(args.database_url))
+        return int(
+            _cmd_migrate(args.database_url)
+            if args.command == "migrate"
+            else _cmd_verify(args.database_url)
+        )
     except ApalisError as exc:
         print(f"apalis-client {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ _CATALOG_QUERIES = ("relations", "columns", "constraints", "indexes", "functions
 _MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 _FUNCTION_BODY = re.compile(r"AS \$function\$(.*)\$function\$", re.DOTALL)
 
-Row = Mapping[str, Any]
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,9 @@ def check_known_shape(catalog: Mapping[str, list[Row]]) -> None:
         if table not in relations:
             continue
         if relations[table] != "r":
-            problems.append(f"apalis.{table} exists but is not a table (relkind {relations[table]})")
+            problems.append(
+                f"apalis.{table} exists but is not a table (relkind {relations[table]})"
+            )
             continue
         have = {
             str(r["column_name"]): str(r["data_type"])
@@ -179,7 +181,7 @@ def _trigger_problems(name: str, row: Row | None) -> list[str]:
 
 
 def drifted_files(catalog: Mapping[str, list[Row]]) -> list[str]:
-    """Return the repeatable files to re-apply, in dependency order (functions, trigger, indexes)."""
+    """Return the repeatable files to re-apply: functions, then trigger, then indexes."""
     shape = expected_shape()
     functions, triggers = by_name(catalog["functions"]), by_name(catalog["triggers"])
     indexes = by_name(catalog["indexes"])
@@ -210,7 +212,9 @@ def schema_problems(catalog: Mapping[str, list[Row]], applied: list[Row] | None)
         if name not in relations:
             problems.append(f"relation apalis.{name} is missing")
         elif relations[name] != kind:
-            problems.append(f"relation apalis.{name} has relkind {relations[name]}, expected {kind}")
+            problems.append(
+                f"relation apalis.{name} has relkind {relations[name]}, expected {kind}"
+            )
     for table, columns in shape["columns"].items():
         have = {
             str(r["column_name"]): f"{r['data_type']}{' NOT NULL' if r['not_null'] else ''}"
@@ -219,12 +223,16 @@ def schema_problems(catalog: Mapping[str, list[Row]], applied: list[Row] | None)
         }
         for name, spec in columns.items():
             if have.get(name) != spec and table in relations:
-                problems.append(f"column apalis.{table}.{name} is {have.get(name)!r}, expected {spec!r}")
+                problems.append(
+                    f"column apalis.{table}.{name} is {have.get(name)!r}, expected {spec!r}"
+                )
     for kind in ("constraints", "indexes"):
         have_defs = {n: str(r["definition"]) for n, r in by_name(catalog[kind]).items()}
         for name, definition in shape[kind].items():
             if name not in have_defs:
-                problems.append(f"{kind[:-1] if kind == 'constraints' else 'index'} {name} is missing")
+                problems.append(
+                    f"{kind[:-1] if kind == 'constraints' else 'index'} {name} is missing"
+                )
             elif have_defs[name] != definition:
                 problems.append(
                     f"{'constraint' if kind == 'constraints' else 'index'} {name} differs: "
@@ -276,7 +284,9 @@ def _read_catalog(conn: psycopg.Connection[Any]) -> dict[str, list[Row]]:
         return {q: cur.execute(stmts[q]).fetchall() for q in _CATALOG_QUERIES}
 
 
-def _read_applied(conn: psycopg.Connection[Any], catalog: Mapping[str, list[Row]]) -> list[Row] | None:
+def _read_applied(
+    conn: psycopg.Connection[Any], catalog: Mapping[str, list[Row]]
+) -> list[Row] | None:
     if not _has_ledger(catalog):
         return None
     with conn.cursor(row_factory=dict_row) as cur:
@@ -301,7 +311,9 @@ def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
                 with conn.transaction():
                     catalog = _read_catalog(conn)
                     check_known_shape(catalog)
-                    for f in pending_migrations(migration_files(), _read_applied(conn, catalog) or []):
+                    for f in pending_migrations(
+                        migration_files(), _read_applied(conn, catalog) or []
+                    ):
                         conn.execute(f.text.encode())
                         conn.execute(
                             stmts["record_migration"],

@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from apalis_codegen.pgfind import NoDatabaseError, find_postgres
 from psycopg.conninfo import make_conninfo
 
 import apalis_client
+from apalis_codegen.pgfind import NoDatabaseError, find_postgres
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -42,8 +42,14 @@ class Databases:
     def create(self, template: str | None = None) -> str:
         name = f"apalis_t_{uuid.uuid4().hex[:12]}"
         with _admin(self.server_url) as conn:
-            tpl = psycopg.sql.SQL(" TEMPLATE {}").format(psycopg.sql.Identifier(template)) if template else psycopg.sql.SQL("")
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}{}").format(psycopg.sql.Identifier(name), tpl))
+            tpl = (
+                psycopg.sql.SQL(" TEMPLATE {}").format(psycopg.sql.Identifier(template))
+                if template
+                else psycopg.sql.SQL("")
+            )
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {}{}").format(psycopg.sql.Identifier(name), tpl)
+            )
         self.created.append(name)
         return make_conninfo(self.server_url, dbname=name)
 
@@ -51,7 +57,9 @@ class Databases:
         with _admin(self.server_url) as conn:
             for name in self.created:
                 conn.execute(
-                    psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+                    psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        psycopg.sql.Identifier(name)
+                    )
                 )
 
 

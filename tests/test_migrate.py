@@ -1,4 +1,4 @@
-"""Schema migrations: generation-14 shape, upgrade from generation 10, drift, concurrency, errors."""
+"""Migrations: generation-14 shape, upgrade from generation 10, drift, concurrency, errors."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ INDEXES = {
     "WHERE ((status = ANY (ARRAY['Pending'::text, 'Failed'::text])) AND (attempts < max_attempts))",
     "jobs_list_by_queue_idx": f"CREATE INDEX jobs_list_by_queue_idx {P} "
     "(job_type, status, done_at DESC, run_at DESC, id DESC)",
-    "jobs_list_all_idx": f"CREATE INDEX jobs_list_all_idx {P} (status, done_at DESC, run_at DESC, id DESC)",
+    "jobs_list_all_idx": f"CREATE INDEX jobs_list_all_idx {P} "
+    "(status, done_at DESC, run_at DESC, id DESC)",
     "jobs_locked_by_queue_idx": f"CREATE INDEX jobs_locked_by_queue_idx {P} (job_type, lock_by) "
     "WHERE ((lock_by IS NOT NULL) AND (status = ANY (ARRAY['Running'::text, 'Queued'::text])))",
     "jobs_job_type_lock_by_idx": f"CREATE INDEX jobs_job_type_lock_by_idx {P} (job_type, lock_by) "
@@ -54,14 +55,20 @@ INDEXES = {
 
 
 def assert_generation14_shape(url: str, query: Query) -> None:
-    constraints = dict(
-        query(url, "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint "
-                   "WHERE conrelid = 'apalis.jobs'::regclass AND contype <> 'n'")
+    constraints: dict[str, str] = dict(
+        query(
+            url,
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'apalis.jobs'::regclass AND contype <> 'n'",
+        )
     )
     assert constraints == CONSTRAINTS
-    indexes = dict(
-        query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
-                   "WHERE indrelid = 'apalis.jobs'::regclass")
+    indexes: dict[str, str] = dict(
+        query(
+            url,
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indrelid = 'apalis.jobs'::regclass",
+        )
     )
     assert {k.removeprefix("apalis."): v for k, v in indexes.items()} == INDEXES
     functions = query(
@@ -71,8 +78,14 @@ def assert_generation14_shape(url: str, query: Query) -> None:
         "WHERE pronamespace = 'apalis'::regnamespace ORDER BY 1",
     )
     assert functions == [
-        ("get_jobs", False, "v", ["search_path=pg_catalog, apalis, pg_temp"],
-         "worker_id text, v_job_type text, v_job_count integer DEFAULT 5", "SETOF apalis.jobs"),
+        (
+            "get_jobs",
+            False,
+            "v",
+            ["search_path=pg_catalog, apalis, pg_temp"],
+            "worker_id text, v_job_type text, v_job_count integer DEFAULT 5",
+            "SETOF apalis.jobs",
+        ),
         ("notify_new_jobs", False, "v", ["search_path=pg_catalog, apalis, pg_temp"], "", "trigger"),
     ]
     triggers = query(
@@ -89,7 +102,9 @@ def assert_generation14_shape(url: str, query: Query) -> None:
     assert snapshot == [("m", False)]
 
 
-def test_fresh_migrate_creates_exactly_generation_14(flavor: Flavor, empty_db: str, query: Query) -> None:
+def test_fresh_migrate_creates_exactly_generation_14(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
     report = flavor.migrate(empty_db)
     assert report.applied == ["0001_base.sql", "0002_generation14.sql"]
     assert_generation14_shape(empty_db, query)
@@ -111,8 +126,11 @@ def test_upgrade_from_rust_generation_10_keeps_and_repairs_rows(
     flavor.migrate(empty_db)
 
     assert_generation14_shape(empty_db, query)
-    rows = query(empty_db, "SELECT right(id, 2), status, attempts, lock_by, lock_at IS NULL, "
-                           "done_at IS NULL FROM apalis.jobs ORDER BY id")
+    rows = query(
+        empty_db,
+        "SELECT right(id, 2), status, attempts, lock_by, lock_at IS NULL, "
+        "done_at IS NULL FROM apalis.jobs ORDER BY id",
+    )
     assert rows == [
         ("01", "Pending", 0, None, True, True),
         ("02", "Queued", 0, "w1", False, True),
@@ -166,41 +184,64 @@ def test_eight_concurrent_migrators_all_succeed(empty_db: str, query: Query) -> 
     assert_generation14_shape(empty_db, query)
 
 
-def test_failing_migration_leaves_nothing_behind(flavor: Flavor, empty_db: str, query: Query) -> None:
+def test_failing_migration_leaves_nothing_behind(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
     # A foreign get_jobs with another return type makes the reconcile step fail
     # after the tables were created in the same transaction.
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA apalis")
-        conn.execute("CREATE FUNCTION apalis.get_jobs(worker_id text, v_job_type text, "
-                     "v_job_count integer DEFAULT 5) RETURNS integer LANGUAGE sql AS 'SELECT 1'")
-    with pytest.raises(apalis_client.DatabaseError, match="migrate failed: cannot change return type"):
+        conn.execute(
+            "CREATE FUNCTION apalis.get_jobs(worker_id text, v_job_type text, "
+            "v_job_count integer DEFAULT 5) RETURNS integer LANGUAGE sql AS 'SELECT 1'"
+        )
+    with pytest.raises(
+        apalis_client.DatabaseError, match="migrate failed: cannot change return type"
+    ):
         flavor.migrate(empty_db)
-    assert query(empty_db, "SELECT relname::text FROM pg_class "
-                           "WHERE relnamespace = 'apalis'::regnamespace") == []
+    assert (
+        query(
+            empty_db,
+            "SELECT relname::text FROM pg_class WHERE relnamespace = 'apalis'::regnamespace",
+        )
+        == []
+    )
 
 
 def test_edited_applied_migration_is_refused(flavor: Flavor, migrated_db: str) -> None:
     with psycopg.connect(migrated_db, autocommit=True) as conn:
-        conn.execute("UPDATE apalis.apalis_client_migrations SET checksum = repeat('0', 64) "
-                     "WHERE filename = '0002_generation14.sql'")
-    with pytest.raises(apalis_client.MigrationChecksumMismatch, match="0002_generation14.sql was applied"):
+        conn.execute(
+            "UPDATE apalis.apalis_client_migrations SET checksum = repeat('0', 64) "
+            "WHERE filename = '0002_generation14.sql'"
+        )
+    with pytest.raises(
+        apalis_client.MigrationChecksumMismatch, match=r"0002_generation14\.sql was applied"
+    ):
         flavor.migrate(migrated_db)
 
 
-def test_unknown_apalis_shape_is_refused_by_name(flavor: Flavor, empty_db: str, query: Query) -> None:
+def test_unknown_apalis_shape_is_refused_by_name(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA apalis")
         conn.execute("CREATE TABLE apalis.jobs (id integer PRIMARY KEY, payload text)")
         conn.execute("CREATE TABLE apalis.workers (id text PRIMARY KEY)")
-    with pytest.raises(apalis_client.SchemaError, match=r"apalis\.jobs\.id is integer, expected text"):
+    with pytest.raises(
+        apalis_client.SchemaError, match=r"apalis\.jobs\.id is integer, expected text"
+    ):
         flavor.migrate(empty_db)
-    assert query(empty_db, "SELECT to_regclass('apalis.apalis_client_migrations')::text") == [(None,)]
+    assert query(empty_db, "SELECT to_regclass('apalis.apalis_client_migrations')::text") == [
+        (None,)
+    ]
 
 
 def test_migrate_inside_a_transaction_is_refused_before_any_sql(migrated_db: str) -> None:
     with psycopg.connect(migrated_db) as conn:
         conn.execute("SELECT 1")
-        with pytest.raises(apalis_client.InvalidArgument, match="outside any transaction.*INTRANS"):
+        with pytest.raises(
+            apalis_client.InvalidArgument, match=r"outside any transaction.*INTRANS"
+        ):
             apalis_client.migrate(conn)
 
 

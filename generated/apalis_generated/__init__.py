@@ -1,0 +1,1 @@
+"""Typed query functions generated from queries/*.sql by apalis_codegen."""
