@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from apalis_client.errors import ApalisError, ConnectionFailed
+from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument
 from apalis_client.migrate import migrate, verify_schema
 
 
@@ -85,28 +85,59 @@ def _cmd_demo(url: str | None) -> int:
     return 0 if verified.ok else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="apalis-client", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("migrate", "apply schema migrations and repair drift"),
-        ("verify", "report what differs from generation 14"),
-        ("demo", "migrate, verify and show the schema (throwaway PostgreSQL if none given)"),
+# Other modules add their own subcommands: each exposes ``register(sub)``
+# (sub: argparse._SubParsersAction) and sets ``run=`` on the parsers it adds.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    """Give a subcommand the shared ``--database-url`` option (default: $DATABASE_URL)."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="PostgreSQL URL (default: $DATABASE_URL)",
+    )
+
+
+def require_url(args: argparse.Namespace) -> str:
+    """The database URL of a subcommand, or a clear error when none was given."""
+    url: str | None = args.database_url
+    if not url:
+        raise InvalidArgument("no database: pass --database-url or set DATABASE_URL")
+    return url
+
+
+def _register_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, text, run in (
+        (
+            "migrate",
+            "apply schema migrations and repair drift",
+            lambda a: _cmd_migrate(require_url(a)),
+        ),
+        ("verify", "report what differs from generation 14", lambda a: _cmd_verify(require_url(a))),
+        (
+            "demo",
+            "migrate, verify and show the schema (throwaway PostgreSQL if none given)",
+            lambda a: _cmd_demo(a.database_url),
+        ),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+        add_database_url(p)
+        p.set_defaults(run=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="apalis-client", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _register_builtin(sub)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            return _cmd_demo(args.database_url)
-        if not args.database_url:
-            parser.error("no database: pass --database-url or set DATABASE_URL")
-        return int(
-            _cmd_migrate(args.database_url)
-            if args.command == "migrate"
-            else _cmd_verify(args.database_url)
-        )
+        return int(args.run(args))
     except ApalisError as exc:
         print(f"apalis-client {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,13 @@
-"""The exception hierarchy every apalis_client error belongs to."""
+"""The exception hierarchy every apalis_client error belongs to, and the psycopg boundary."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import errors as pg_errors
 
 
 class ApalisError(Exception):
@@ -27,6 +34,17 @@ class SchemaError(ApalisError):
     """The apalis schema is missing, drifted, or in a shape this client does not know."""
 
 
+class SchemaMissing(SchemaError, DatabaseError):
+    """A statement needed an apalis object that does not exist: the schema is not migrated."""
+
+    def __init__(self, operation: str, message: str) -> None:
+        DatabaseError.__init__(
+            self,
+            operation,
+            f"{message} (the apalis schema is missing or incomplete: run `apalis-client migrate`)",
+        )
+
+
 class MigrationChecksumMismatch(SchemaError):
     """An already applied migration file was edited afterwards."""
 
@@ -37,3 +55,112 @@ class MigrationChecksumMismatch(SchemaError):
             "(add a new migration file instead)"
         )
         self.filename = filename
+
+
+class IdempotencyConflict(ApalisError):
+    """A keyed push collided with tasks already in the queue; nothing of the batch was written."""
+
+    def __init__(self, queue: str, keys: Sequence[str]) -> None:
+        shown = ", ".join(repr(k) for k in keys[:10])
+        more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+        super().__init__(
+            f"idempotency conflict on queue {queue!r}: key(s) {shown}{more} already exist; "
+            "the whole batch was undone"
+        )
+        self.queue = queue
+        self.keys = list(keys)
+
+
+class DuplicateTaskId(ApalisError):
+    """A caller-supplied task id already exists; nothing of the batch was written."""
+
+    def __init__(self, operation: str, task_id: str | None) -> None:
+        what = repr(task_id) if task_id is not None else "of the batch"
+        super().__init__(
+            f"{operation} failed: task id {what} already exists; the whole batch was undone"
+        )
+        self.operation = operation
+        self.task_id = task_id
+
+
+class StaleAcknowledgement(ApalisError):
+    """An ack matched no row: the task was re-enqueued or claimed by another worker since."""
+
+    def __init__(self, task_id: str, worker_id: str, attempts: int) -> None:
+        super().__init__(
+            f"stale acknowledgement of task {task_id!r} by worker {worker_id!r} "
+            f"(claimed at attempts={attempts}): the task was re-enqueued or taken over, "
+            "its newer outcome was kept"
+        )
+        self.task_id = task_id
+        self.worker_id = worker_id
+        self.attempts = attempts
+
+
+class WorkerNotRegistered(ApalisError):
+    """The worker's registration (lease) is gone: another process took it over."""
+
+    def __init__(self, worker_id: str, queue: str) -> None:
+        super().__init__(
+            f"worker {worker_id!r} on queue {queue!r} no longer holds its registration "
+            "(another process took the lease over); stop claiming and register again"
+        )
+        self.worker_id = worker_id
+        self.queue = queue
+
+
+class AlreadyRegistered(ApalisError):
+    """Another live process holds the registration of this worker id on this queue."""
+
+    def __init__(self, worker_id: str, queue: str) -> None:
+        super().__init__(
+            f"worker {worker_id!r} on queue {queue!r} is registered by another live process; "
+            "its lease can be taken over only after its heartbeat is older than the orphan "
+            "threshold"
+        )
+        self.worker_id = worker_id
+        self.queue = queue
+
+
+_KEY_DETAIL = re.compile(r"^Key \(job_type, idempotency_key\)=\((?P<queue>.*), (?P<key>.*)\)")
+_ID_DETAIL = re.compile(r"^Key \(id\)=\((?P<id>.*)\) already exists")
+_SCHEMA_MISSING = (
+    pg_errors.InvalidSchemaName,
+    pg_errors.UndefinedTable,
+    pg_errors.UndefinedFunction,
+    pg_errors.UndefinedColumn,
+)
+
+
+def translate_error(operation: str, exc: psycopg.Error) -> ApalisError:
+    """Map a psycopg error to this hierarchy by SQLSTATE and constraint name."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or type(exc).__name__
+    if isinstance(exc, pg_errors.UniqueViolation):
+        detail = diag.message_detail or ""
+        if diag.constraint_name == "idx_jobs_idempotency_key":
+            m = _KEY_DETAIL.match(detail)
+            if m:
+                return IdempotencyConflict(m["queue"], [m["key"]])
+        if diag.constraint_name == "jobs_pkey":
+            m = _ID_DETAIL.match(detail)
+            return DuplicateTaskId(operation, m["id"] if m else None)
+    if isinstance(exc, _SCHEMA_MISSING):
+        return SchemaMissing(operation, message)
+    sqlstate = exc.sqlstate or ""
+    if sqlstate.startswith(("08", "28")) or (
+        isinstance(exc, psycopg.OperationalError) and not sqlstate
+    ):
+        return ConnectionFailed(operation, message)
+    if diag.constraint_name:
+        message = f"{message} (constraint {diag.constraint_name})"
+    return DatabaseError(operation, message)
+
+
+@contextmanager
+def database_errors(operation: str) -> Iterator[None]:
+    """Translate any psycopg error raised inside the block, chaining the original."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate_error(operation, exc) from exc
