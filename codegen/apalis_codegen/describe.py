@@ -1,0 +1,175 @@
+"""Ask PostgreSQL to describe each statement: parameter types, result columns, nullability."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import make_conninfo
+
+from apalis_codegen.parse import QueryFileError, Statement
+
+
+@dataclass(frozen=True)
+class PgType:
+    """A PostgreSQL type as the generator needs it."""
+
+    oid: int
+    name: str  # pg_type.typname, e.g. "int4", "_text"
+    category: str  # pg_type.typcategory
+    element: int  # element type oid for arrays, else 0
+    base: int  # base type oid for domains, else 0
+
+
+@dataclass(frozen=True)
+class Column:
+    """One result column of a described statement."""
+
+    name: str
+    type_oid: int
+    table_oid: int
+    attnum: int
+    not_null: bool  # from the source table column; False for expressions
+
+
+@dataclass(frozen=True)
+class Table:
+    """A user table of the scratch database, for table models."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
+class Described:
+    """A statement with what the server said about it."""
+
+    statement: Statement
+    param_types: tuple[int, ...]
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Types and tables of the scratch database, plus every described statement."""
+
+    types: dict[int, PgType]
+    tables: dict[int, Table]
+    described: tuple[Described, ...]
+
+
+def schema_files(schema: Path) -> list[Path]:
+    """Migration files in apply order: ``schema/*.sql`` sorted, then each subfolder's, sorted."""
+    top = sorted(p for p in schema.glob("*.sql") if p.is_file())
+    nested = sorted(p for p in schema.glob("*/*.sql") if p.is_file())
+    return top + nested
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """Create a throwaway database on the server and drop it afterwards."""
+    name = f"apalis_codegen_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def apply_schema(conn: psycopg.Connection[Any], files: Sequence[Path], root: Path) -> None:
+    """Run every schema file in order in one transaction; a failing file is named."""
+    with conn.transaction():
+        for path in files:
+            try:
+                conn.execute(path.read_bytes())
+            except psycopg.Error as exc:
+                shown = path.relative_to(root) if path.is_relative_to(root) else path
+                raise QueryFileError(f"{shown}: schema file failed: {_pg_message(exc)}") from exc
+
+
+def _pg_message(exc: psycopg.Error) -> str:
+    return exc.diag.message_primary or str(exc).strip()
+
+
+_TYPES = """
+SELECT oid::int8, typname::text, typcategory::text, typelem::int8, typbasetype::int8
+  FROM pg_type
+"""
+_TABLES = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text
+  FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+   AND n.nspname NOT LIKE 'pg_temp%'
+ ORDER BY n.nspname, c.relname
+"""
+_COLUMNS = """
+SELECT attrelid::int8, attname::text, atttypid::int8, attnum::int8, attnotnull
+  FROM pg_attribute
+ WHERE attnum > 0 AND NOT attisdropped
+ ORDER BY attrelid, attnum
+"""
+
+
+def describe(
+    conn: psycopg.Connection[Any], statements: Sequence[Statement], display: dict[Path, str]
+) -> Catalog:
+    """Describe each statement through libpq's prepare/describe; read the catalog it needs."""
+    types = {
+        row[0]: PgType(row[0], row[1], row[2], row[3], row[4])
+        for row in conn.execute(_TYPES).fetchall()
+    }
+    attrs: dict[tuple[int, int], tuple[str, int, bool]] = {}
+    by_table: dict[int, list[Column]] = {}
+    for relid, attname, typid, attnum, notnull in conn.execute(_COLUMNS).fetchall():
+        attrs[(relid, attnum)] = (attname, typid, notnull)
+        by_table.setdefault(relid, []).append(Column(attname, typid, relid, attnum, notnull))
+    tables = {
+        oid: Table(oid, schema, name, tuple(by_table.get(oid, ())))
+        for oid, schema, name in conn.execute(_TABLES).fetchall()
+    }
+
+    described = []
+    pgconn = conn.pgconn
+    for st in statements:
+        numbered = st.numbered()
+        result = pgconn.prepare(b"", numbered.encode())
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise QueryFileError(_located_error(st, numbered, result, display))
+        desc = pgconn.describe_prepared(b"")
+        if desc.status != pq.ExecStatus.COMMAND_OK:
+            raise QueryFileError(_located_error(st, numbered, desc, display))
+        params = tuple(desc.param_type(i) for i in range(desc.nparams))
+        columns = []
+        for i in range(desc.nfields):
+            name = (desc.fname(i) or b"?").decode()
+            table, attnum = desc.ftable(i), desc.ftablecol(i)
+            source = attrs.get((table, attnum))
+            columns.append(Column(name, desc.ftype(i), table, attnum, bool(source and source[2])))
+        described.append(Described(st, params, tuple(columns)))
+    return Catalog(types, tables, tuple(described))
+
+
+def _located_error(
+    st: Statement, numbered: str, result: pq.abc.PGresult, display: dict[Path, str]
+) -> str:
+    message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode()
+    position = (result.error_field(pq.DiagnosticField.STATEMENT_POSITION) or b"").decode()
+    line = st.line
+    if position.isdigit():
+        # @param -> $n never adds a newline, so line numbers carry over.
+        line += numbered[: int(position) - 1].count("\n")
+    where = display.get(st.file, str(st.file))
+    return f"{where}:{line}: PostgreSQL rejected query {st.name!r}: {message}"
