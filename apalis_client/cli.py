@@ -124,18 +124,42 @@ def _register_builtin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         p = sub.add_parser(name, help=text)
         add_database_url(p)
         p.set_defaults(run=run)
+    p = sub.add_parser(
+        "codegen",
+        help="regenerate typed Python from SQL files (python -m codegen; --help for options)",
+        add_help=False,
+    )
+    p.set_defaults(run=lambda a: _cmd_codegen([]))
+
+
+def _cmd_codegen(argv: list[str]) -> int:
+    try:
+        from apalis_codegen.main import main as codegen_main
+    except ImportError as exc:  # jinja2 is the optional `codegen` extra
+        raise InvalidArgument(
+            f"the generator needs the codegen extra: pip install 'apalis-client[codegen]' ({exc})"
+        ) from exc
+    return codegen_main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     import importlib
 
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["codegen"]:
+        # The generator has its own option parser; hand it everything after the word.
+        try:
+            return _cmd_codegen(arguments[1:])
+        except ApalisError as exc:
+            print(f"apalis-client codegen: {exc}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="apalis-client", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _register_builtin(sub)
     for module in _COMMAND_MODULES:
         importlib.import_module(module).register(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args.run(args))
     except ApalisError as exc:

@@ -5,27 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from pydantic import BaseModel
 
-from apalis_client._sqlfile import named_statements, schema_dir
+from apalis_client._paths import schema_dir
 from apalis_client.errors import (
     DatabaseError,
     InvalidArgument,
     MigrationChecksumMismatch,
     SchemaError,
 )
+from apalis_generated import catalog as catalog_q
+from apalis_generated import catalog_async as catalog_q_async
 
 # One fixed key so every apalis-client process serializes schema changes.
 SCHEMA_LOCK_KEY = 0x61_70_61_6C_69_73  # "apalis"
 LEDGER = "apalis_client_migrations"
-_CATALOG_QUERIES = ("relations", "columns", "constraints", "indexes", "functions", "triggers")
 _MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 _FUNCTION_BODY = re.compile(r"AS \$function\$(.*)\$function\$", re.DOTALL)
 
@@ -271,6 +272,10 @@ def _check_idle(status: psycopg.pq.TransactionStatus, operation: str) -> None:
         )
 
 
+def _as_rows(found: Mapping[str, Sequence[BaseModel]]) -> dict[str, list[Row]]:
+    return {kind: [r.model_dump() for r in rows] for kind, rows in found.items()}
+
+
 def _has_ledger(catalog: Mapping[str, list[Row]]) -> bool:
     return any(r["name"] == LEDGER for r in catalog["relations"])
 
@@ -279,9 +284,16 @@ def _has_ledger(catalog: Mapping[str, list[Row]]) -> bool:
 
 
 def _read_catalog(conn: psycopg.Connection[Any]) -> dict[str, list[Row]]:
-    stmts = named_statements("catalog.sql")
-    with conn.cursor(row_factory=dict_row) as cur:
-        return {q: cur.execute(stmts[q]).fetchall() for q in _CATALOG_QUERIES}
+    q = catalog_q
+    found: dict[str, Sequence[BaseModel]] = {
+        "relations": q.relations(conn),
+        "columns": q.columns(conn),
+        "constraints": q.constraints(conn),
+        "indexes": q.indexes(conn),
+        "functions": q.functions(conn),
+        "triggers": q.triggers(conn),
+    }
+    return _as_rows(found)
 
 
 def _read_applied(
@@ -289,8 +301,7 @@ def _read_applied(
 ) -> list[Row] | None:
     if not _has_ledger(catalog):
         return None
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(named_statements("catalog.sql")["applied_migrations"]).fetchall()
+    return [r.model_dump() for r in catalog_q.applied_migrations(conn)]
 
 
 def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
@@ -301,12 +312,12 @@ def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
     transaction; its autocommit setting is restored afterwards.
     """
     _check_idle(conn.info.transaction_status, "migrate")
-    stmts, report = named_statements("catalog.sql"), MigrationReport()
+    report = MigrationReport()
     autocommit = conn.autocommit
     with _translate("migrate"):
         conn.autocommit = True
         try:
-            conn.execute(stmts["lock_schema"], {"key": SCHEMA_LOCK_KEY})
+            catalog_q.lock_schema(conn, key=SCHEMA_LOCK_KEY)
             try:
                 with conn.transaction():
                     catalog = _read_catalog(conn)
@@ -315,16 +326,13 @@ def migrate(conn: psycopg.Connection[Any]) -> MigrationReport:
                         migration_files(), _read_applied(conn, catalog) or []
                     ):
                         conn.execute(f.text.encode())
-                        conn.execute(
-                            stmts["record_migration"],
-                            {"filename": f.filename, "checksum": f.checksum},
-                        )
+                        catalog_q.record_migration(conn, filename=f.filename, checksum=f.checksum)
                         report.applied.append(f.filename)
                     for relpath in drifted_files(_read_catalog(conn)):
                         conn.execute(_repeatable_text(relpath).encode())
                         report.reconciled.append(relpath)
             finally:
-                conn.execute(stmts["unlock_schema"], {"key": SCHEMA_LOCK_KEY})
+                catalog_q.unlock_schema(conn, key=SCHEMA_LOCK_KEY)
         finally:
             conn.autocommit = autocommit
     return report
@@ -341,9 +349,16 @@ def verify_schema(conn: psycopg.Connection[Any]) -> SchemaReport:
 
 
 async def _aread_catalog(conn: psycopg.AsyncConnection[Any]) -> dict[str, list[Row]]:
-    stmts = named_statements("catalog.sql")
-    async with conn.cursor(row_factory=dict_row) as cur:
-        return {q: await (await cur.execute(stmts[q])).fetchall() for q in _CATALOG_QUERIES}
+    q = catalog_q_async
+    found: dict[str, Sequence[BaseModel]] = {
+        "relations": await q.relations(conn),
+        "columns": await q.columns(conn),
+        "constraints": await q.constraints(conn),
+        "indexes": await q.indexes(conn),
+        "functions": await q.functions(conn),
+        "triggers": await q.triggers(conn),
+    }
+    return _as_rows(found)
 
 
 async def _aread_applied(
@@ -351,20 +366,18 @@ async def _aread_applied(
 ) -> list[Row] | None:
     if not _has_ledger(catalog):
         return None
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(named_statements("catalog.sql")["applied_migrations"])
-        return await cur.fetchall()
+    return [r.model_dump() for r in await catalog_q_async.applied_migrations(conn)]
 
 
 async def migrate_async(conn: psycopg.AsyncConnection[Any]) -> MigrationReport:
     """Async twin of :func:`migrate`."""
     _check_idle(conn.info.transaction_status, "migrate")
-    stmts, report = named_statements("catalog.sql"), MigrationReport()
+    report = MigrationReport()
     autocommit = conn.autocommit
     with _translate("migrate"):
         await conn.set_autocommit(True)
         try:
-            await conn.execute(stmts["lock_schema"], {"key": SCHEMA_LOCK_KEY})
+            await catalog_q_async.lock_schema(conn, key=SCHEMA_LOCK_KEY)
             try:
                 async with conn.transaction():
                     catalog = await _aread_catalog(conn)
@@ -372,16 +385,15 @@ async def migrate_async(conn: psycopg.AsyncConnection[Any]) -> MigrationReport:
                     applied = await _aread_applied(conn, catalog) or []
                     for f in pending_migrations(migration_files(), applied):
                         await conn.execute(f.text.encode())
-                        await conn.execute(
-                            stmts["record_migration"],
-                            {"filename": f.filename, "checksum": f.checksum},
+                        await catalog_q_async.record_migration(
+                            conn, filename=f.filename, checksum=f.checksum
                         )
                         report.applied.append(f.filename)
                     for relpath in drifted_files(await _aread_catalog(conn)):
                         await conn.execute(_repeatable_text(relpath).encode())
                         report.reconciled.append(relpath)
             finally:
-                await conn.execute(stmts["unlock_schema"], {"key": SCHEMA_LOCK_KEY})
+                await catalog_q_async.unlock_schema(conn, key=SCHEMA_LOCK_KEY)
         finally:
             await conn.set_autocommit(autocommit)
     return report

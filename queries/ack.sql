@@ -36,7 +36,10 @@ UPDATE apalis.jobs AS j
 WITH acks AS (
     SELECT a.id, a.attempts, a.lock_at, a.outcome, a.result
       FROM unnest(
-               @ids::text[], @attempts::int4[], @lock_ats::timestamptz[], @outcomes::text[],
+               @ids::text[],
+               @attempts::int4[],
+               @lock_ats::timestamptz[],
+               @outcomes::text[],
                @results::text[]
            ) AS a(id, attempts, lock_at, outcome, result)
 )

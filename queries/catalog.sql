@@ -1,14 +1,14 @@
--- Statements the migrator and verify_schema run (schema bookkeeping and
--- catalog reads). Same header format as queries/; they move to generated code
--- once the generator lands.
+-- Statements the migrator and verify_schema run: schema bookkeeping and
+-- catalog reads that compare the database with generation 14.
 
 -- name: lock_schema :exec
-SELECT pg_advisory_lock(%(key)s);
+SELECT pg_advisory_lock(@key);
 
 -- name: unlock_schema :exec
-SELECT pg_advisory_unlock(%(key)s);
+SELECT pg_advisory_unlock(@key);
 
 -- name: relations :many
+-- not-null: name, kind
 SELECT c.relname::text AS name, c.relkind::text AS kind
   FROM pg_class AS c
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -19,9 +19,10 @@ SELECT c.relname::text AS name, c.relkind::text AS kind
 SELECT filename, checksum FROM apalis.apalis_client_migrations ORDER BY filename;
 
 -- name: record_migration :exec
-INSERT INTO apalis.apalis_client_migrations (filename, checksum) VALUES (%(filename)s, %(checksum)s);
+INSERT INTO apalis.apalis_client_migrations (filename, checksum) VALUES (@filename, @checksum);
 
 -- name: columns :many
+-- not-null: table_name, column_name, data_type
 SELECT c.relname::text AS table_name,
        a.attname::text AS column_name,
        format_type(a.atttypid, a.atttypmod) AS data_type,
@@ -36,6 +37,7 @@ SELECT c.relname::text AS table_name,
  ORDER BY c.relname, a.attnum;
 
 -- name: constraints :many
+-- not-null: name, definition
 SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition
   FROM pg_constraint AS con
   JOIN pg_class AS c ON c.oid = con.conrelid
@@ -46,6 +48,7 @@ SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition
  ORDER BY 1;
 
 -- name: indexes :many
+-- not-null: name, definition
 SELECT ic.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition
   FROM pg_index AS i
   JOIN pg_class AS ic ON ic.oid = i.indexrelid
@@ -54,6 +57,7 @@ SELECT ic.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition
  ORDER BY 1;
 
 -- name: functions :many
+-- not-null: name, arguments, result, config, volatility, language
 SELECT p.proname::text AS name,
        pg_get_function_arguments(p.oid) AS arguments,
        pg_get_function_result(p.oid) AS result,
@@ -69,6 +73,7 @@ SELECT p.proname::text AS name,
  ORDER BY 1;
 
 -- name: triggers :many
+-- not-null: name, type, enabled, no_when, nargs, new_table, function
 SELECT t.tgname::text AS name,
        t.tgtype::int4 AS type,
        t.tgenabled::text AS enabled,

@@ -4,12 +4,15 @@
 -- heartbeat is older than @orphan_threshold_secs; returns nothing otherwise,
 -- or when another process is registering the same worker right now.
 WITH serialized AS (
-    SELECT pg_try_advisory_xact_lock(hashtext(@worker_id::text), hashtext(@queue::text)) AS got
+    SELECT pg_try_advisory_xact_lock(
+               hashtext(@worker_id::text), hashtext(@queue::text)
+           ) AS got
 )
 INSERT INTO apalis.workers AS w (
     id, worker_type, storage_name, layers, last_seen, started_at, lease_token
 )
-SELECT @worker_id::text, @queue::text, @storage_name, @layers, now(), now(), @lease_token
+SELECT @worker_id::text, @queue::text, @storage_name, @layers, now(), now(),
+       @lease_token
   FROM serialized
  WHERE serialized.got
 ON CONFLICT (id, worker_type) DO UPDATE

@@ -12,8 +12,13 @@ WITH inserted AS (
     SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
            t.metadata::jsonb, t.idempotency_key
       FROM unnest(
-               @jobs::bytea[], @ids::text[], @max_attempts::int4[], @run_ats::timestamptz[],
-               @priorities::int4[], @metadata::text[], @idempotency_keys::text[]
+               @jobs::bytea[],
+               @ids::text[],
+               @max_attempts::int4[],
+               @run_ats::timestamptz[],
+               @priorities::int4[],
+               @metadata::text[],
+               @idempotency_keys::text[]
            ) AS t(job, id, max_attempts, run_at, priority, metadata, idempotency_key)
     ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING idempotency_key
