@@ -1,0 +1,583 @@
+"""The worker runner: claim, run, ack, heartbeat and recover tasks of one queue.
+
+One asyncio loop drives every run. An ``async def`` handler runs as up to
+``concurrency`` asyncio tasks; a plain function runs in a thread pool of
+``concurrency`` threads. Either way the database work (claims, batched acks,
+heartbeats, LISTEN) happens on the loop, through ``worker_ops``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from apalis_client import worker_ops as ops
+from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
+from apalis_client.worker_logic import (
+    NOTIFY_CHANNEL,
+    Backoff,
+    HandlerSpec,
+    Outcome,
+    claim_size,
+    inspect_handler,
+    outcome_for_exception,
+    outcome_for_return,
+    parse_notify_payload,
+)
+from apalis_client.worker_ops import Job, Lease
+
+log = logging.getLogger("apalis_client.worker")
+
+__all__ = ["Worker", "WorkerConfig", "WorkerStats"]
+
+_instance_numbers = itertools.count(1)
+# Past this many pending notified ids, the runner polls instead of claiming by id.
+_MAX_NOTIFIED = 1000
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Timing and batching of a :class:`Worker`; the defaults are the Rust runtime's.
+
+    - ``poll_interval``: delay between polls right after work was found (100 ms); each
+      empty poll doubles it up to ``max_poll_interval`` (5 s). With ``listen`` on, polling
+      is only the fallback (and what finds delayed tasks once due).
+    - ``heartbeat_interval``: seconds between heartbeats and orphan re-enqueues (30 s).
+    - ``orphan_threshold``: a worker silent this long is dead; its tasks are re-enqueued
+      and its id may be taken over (300 s).
+    - ``batch_size``: most tasks claimed per statement; None means the free slots, at
+      most 10 (the Rust claim batch).
+    - ``shutdown_timeout``: on stop, how long in-flight tasks may still run before they
+      are acked as failed (30 s).
+    - ``listen``: wake up on ``LISTEN apalis::job::insert`` instead of waiting for a poll.
+    """
+
+    poll_interval: float = 0.1
+    max_poll_interval: float = 5.0
+    heartbeat_interval: float = 30.0
+    orphan_threshold: float = 300.0
+    batch_size: int | None = None
+    shutdown_timeout: float = 30.0
+    listen: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("poll_interval", "max_poll_interval", "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
+        if self.orphan_threshold <= self.heartbeat_interval:
+            raise InvalidArgument(
+                f"orphan_threshold ({self.orphan_threshold}s) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval}s), or live workers would look dead"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidArgument(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.shutdown_timeout < 0:
+            raise InvalidArgument(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
+
+
+@dataclass
+class WorkerStats:
+    """What one ``run`` did."""
+
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    killed: int = 0
+    stale: int = 0
+    lease_lost: bool = False
+    seconds: float = 0.0
+    worker_id: str = ""
+    stale_ids: list[str] = field(default_factory=list)
+
+    @property
+    def acked(self) -> int:
+        """Tasks whose outcome was recorded (Done, Failed or Killed)."""
+        return self.done + self.failed + self.killed
+
+
+class Worker:
+    """Runs ``handler`` for the tasks of ``queue``.
+
+    ``handler`` takes one argument, the task's JSON payload decoded into the type its
+    first parameter is annotated with (a pydantic model, a dataclass, ``dict``, …;
+    unannotated means the plain JSON value). Its return value is stored as
+    ``{"Ok": value}``; an exception as ``{"Err": "Type: message"}`` (a failed attempt,
+    retried while attempts remain). A payload that does not decode is killed at once.
+
+    ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
+    ``worker.stop()`` (any thread) asks for a graceful stop.
+    """
+
+    def __init__(
+        self,
+        queue: str,
+        handler: Callable[..., Any],
+        *,
+        conninfo: str,
+        concurrency: int = 1,
+        worker_id: str | None = None,
+        config: WorkerConfig | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
+        self.queue = queue
+        self.handler = handler
+        self.spec: HandlerSpec = inspect_handler(handler)
+        self.conninfo = conninfo
+        self.concurrency = concurrency
+        self.worker_id = worker_id or (
+            f"py-{socket.gethostname()}-{os.getpid()}-{next(_instance_numbers)}"
+        )
+        self.config = config or WorkerConfig()
+        self._ready = threading.Event()
+        self._stop_requested = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._signals = 0
+
+    def run(self, *, until_idle: bool = False, max_tasks: int | None = None) -> WorkerStats:
+        """Run until stopped (signal or :meth:`stop`), idle (``until_idle``) or ``max_tasks``."""
+        return asyncio.run(self.run_async(until_idle=until_idle, max_tasks=max_tasks))
+
+    async def run_async(
+        self, *, until_idle: bool = False, max_tasks: int | None = None
+    ) -> WorkerStats:
+        """The same as :meth:`run`, inside the caller's running event loop."""
+        if max_tasks is not None and max_tasks < 0:
+            raise InvalidArgument(f"max_tasks must be >= 0, got {max_tasks}")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._ready.clear()
+        installed = self._install_signal_handlers(loop)
+        try:
+            run = _Run(self, self._wake, until_idle=until_idle, max_tasks=max_tasks)
+            return await run.main()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self._loop = None
+
+    def stop(self) -> None:
+        """Ask the worker to stop claiming, finish in-flight tasks, ack them and deregister."""
+        self._stop_requested.set()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wake.set)
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Block until the worker is registered (and listening, if enabled); False on timeout."""
+        return self._ready.wait(timeout)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not on this platform/loop
+                continue
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning(
+                "worker %s: %s received, stopping gracefully (send it again to exit now)",
+                self.worker_id,
+                sig.name,
+            )
+            self.stop()
+            return
+        log.error("worker %s: second %s, exiting now", self.worker_id, sig.name)
+        # In-flight tasks stay Running; the orphan re-enqueue gives them back later.
+        os._exit(128 + int(sig))
+
+
+class _Run:
+    """The state of one ``Worker.run_async`` call."""
+
+    def __init__(
+        self, worker: Worker, wake: asyncio.Event, *, until_idle: bool, max_tasks: int | None
+    ) -> None:
+        self.w = worker
+        self.cfg = worker.config
+        self.until_idle = until_idle
+        self.max_tasks = max_tasks
+        self.stats = WorkerStats(worker_id=worker.worker_id)
+        self.wake = wake
+        self.in_flight: dict[asyncio.Future[Outcome], Job] = {}
+        self.completed: list[tuple[Job, Outcome]] = []
+        self.notified: dict[str, None] = {}
+        self.lease_lost = False
+        self.executor: ThreadPoolExecutor | None = None
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.lease: Lease | None = None
+        self.poll_now = False
+
+    def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
+        if self.conn is None or self.lease is None:
+            raise RuntimeError("the worker is not registered")
+        return self.conn, self.lease
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def main(self) -> WorkerStats:
+        started = time.monotonic()
+        self.conn = await _connect(self.w.conninfo)
+        background: list[asyncio.Task[None]] = []
+        try:
+            self.lease = await ops.register_worker_async(
+                self.conn,
+                self.w.queue,
+                self.w.worker_id,
+                orphan_threshold=self.cfg.orphan_threshold,
+            )
+            if not self.w.spec.is_async:
+                self.executor = ThreadPoolExecutor(
+                    max_workers=self.w.concurrency, thread_name_prefix=f"apalis-{self.w.queue}"
+                )
+            background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
+            if self.cfg.listen:
+                listening = asyncio.Event()
+                background.append(asyncio.ensure_future(self._listen_loop(listening)))
+                # Tasks pushed after wait_until_ready() returns must wake us.
+                await asyncio.wait(
+                    [asyncio.ensure_future(listening.wait()), background[-1]],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            self.w._ready.set()
+            log.info(
+                "worker %s running on queue %s (concurrency %d, %s handler)",
+                self.w.worker_id,
+                self.w.queue,
+                self.w.concurrency,
+                "async" if self.w.spec.is_async else "thread",
+            )
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._finish()
+            self.stats.seconds = time.monotonic() - started
+        return self.stats
+
+    async def _finish(self) -> None:
+        if self.executor is not None:
+            # Threads still running a timed-out handler are abandoned, not joined.
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.conn is not None:
+            if self.lease is not None and not self.lease_lost:
+                try:
+                    await ops.deregister_worker_async(self.conn, self.lease)
+                except ApalisError as exc:
+                    log.warning("worker %s: could not deregister: %s", self.w.worker_id, exc)
+            await self.conn.close()
+        log.info(
+            "worker %s stopped: %d done, %d failed, %d killed, %d stale",
+            self.w.worker_id,
+            self.stats.done,
+            self.stats.failed,
+            self.stats.killed,
+            self.stats.stale,
+        )
+
+    # -- claiming --------------------------------------------------------------------------
+
+    def _should_stop_claiming(self) -> bool:
+        if self.w._stop_requested.is_set():
+            return True
+        if self.lease_lost:
+            return True
+        return self.max_tasks is not None and self.stats.claimed >= self.max_tasks
+
+    def _free_slots(self) -> int:
+        free = claim_size(
+            concurrency=self.w.concurrency,
+            in_flight=len(self.in_flight),
+            batch_size=self.cfg.batch_size,
+        )
+        if self.max_tasks is not None:
+            free = min(free, self.max_tasks - self.stats.claimed)
+        return free
+
+    async def _claim_loop(self) -> None:
+        backoff = Backoff(self.cfg.poll_interval, self.cfg.max_poll_interval)
+        next_poll = 0.0  # poll at once
+        errors = Backoff(self.cfg.poll_interval, max(self.cfg.max_poll_interval, 5.0))
+        while True:
+            self.wake.clear()
+            try:
+                await self._flush_acks()
+                if self._should_stop_claiming():
+                    return
+                free = self._free_slots()
+                if free > 0 and self.notified:
+                    ids = list(self.notified)[:100]
+                    for i in ids:
+                        del self.notified[i]
+                    claimed = await self._claim(ids, free)
+                    if claimed:
+                        backoff.reset()
+                    if len(claimed) == free:
+                        next_poll = 0.0  # the batch was full: more may be waiting
+                    continue
+                if self.poll_now:
+                    self.poll_now = False
+                    next_poll = 0.0
+                if free > 0 and time.monotonic() >= next_poll:
+                    claimed = await self._claim(None, free)
+                    if len(claimed) == free:
+                        next_poll = 0.0
+                        backoff.reset()
+                        continue
+                    if claimed or self.in_flight:
+                        # Not idle while tasks run: keep the base rate (and notice idleness
+                        # promptly under until_idle).
+                        next_poll = time.monotonic() + backoff.reset()
+                    else:
+                        if (
+                            self.until_idle
+                            and not self.in_flight
+                            and not self.completed
+                            and not self.notified
+                        ):
+                            log.info("worker %s: queue %s is idle", self.w.worker_id, self.w.queue)
+                            return
+                        next_poll = time.monotonic() + backoff.idle()
+                errors.reset()
+            except ApalisError as exc:
+                delay = errors.idle()
+                log.error(
+                    "worker %s: %s; retrying in %.1fs", self.w.worker_id, exc, delay, exc_info=True
+                )
+                await asyncio.sleep(delay)
+                await self._reconnect_if_broken()
+                continue
+            if self.completed:
+                continue
+            timeout = None
+            if self._free_slots() > 0:
+                timeout = max(0.0, next_poll - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+
+    async def _claim(self, ids: list[str] | None, free: int) -> list[Job]:
+        conn, lease = self._db()
+        if ids is None:
+            claimed = await ops.claim_next_async(conn, lease, batch=free)
+        else:
+            claimed = await ops.claim_by_ids_async(conn, lease, ids, batch=free)
+        if claimed:
+            log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
+        self.stats.claimed += len(claimed)
+        for job in claimed:
+            self._dispatch(job)
+        return claimed
+
+    def _dispatch(self, job: Job) -> None:
+        spec = self.w.spec
+        try:
+            args = spec.decode(job.job)
+        except ValueError as exc:
+            # The same bytes will never decode: retrying would fail forever.
+            log.error("task %s killed: %s", job.id, exc)
+            self.completed.append((job, Outcome.kill(str(exc))))
+            return
+        fut: asyncio.Future[Outcome]
+        if spec.is_async:
+            fut = asyncio.ensure_future(_call_async(spec, args))
+        else:
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self.executor, _call_sync, spec, args)
+        self.in_flight[fut] = job
+        fut.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: asyncio.Future[Outcome]) -> None:
+        job = self.in_flight.pop(fut, None)
+        if job is None:
+            return  # already acked as timed out at shutdown
+        if fut.cancelled():
+            outcome = Outcome.failure("task cancelled: the worker shut down before it finished")
+        else:
+            exc = fut.exception()
+            outcome = outcome_for_exception(exc) if exc is not None else fut.result()
+        self.completed.append((job, outcome))
+        self.wake.set()
+
+    async def _flush_acks(self) -> None:
+        if not self.completed:
+            return
+        conn, lease = self._db()
+        # Swap before awaiting: completions arriving meanwhile go to the next flush.
+        batch, self.completed = self.completed, []
+        try:
+            report = await ops.ack_many_async(conn, lease, batch)
+        except BaseException:
+            self.completed = batch + self.completed  # retried by the next flush
+            raise
+        for status in report.statuses.values():
+            if status == "Done":
+                self.stats.done += 1
+            elif status == "Failed":
+                self.stats.failed += 1
+            else:
+                self.stats.killed += 1
+        self.stats.stale += len(report.stale)
+        self.stats.stale_ids.extend(t.id for t in report.stale)
+
+    async def _drain(self) -> None:
+        """Let in-flight tasks finish (up to shutdown_timeout), ack everything, give up the rest."""
+        deadline = time.monotonic() + self.cfg.shutdown_timeout
+        if self.in_flight:
+            log.info(
+                "worker %s: waiting up to %.1fs for %d in-flight task(s)",
+                self.w.worker_id,
+                self.cfg.shutdown_timeout,
+                len(self.in_flight),
+            )
+        while self.in_flight and time.monotonic() < deadline:
+            self.wake.clear()
+            await self._flush_acks_logged()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), max(0.0, deadline - time.monotonic()))
+        for fut, job in list(self.in_flight.items()):
+            del self.in_flight[fut]
+            fut.cancel()
+            log.warning("task %s did not finish within the shutdown timeout", job.id)
+            self.completed.append(
+                (
+                    job,
+                    Outcome.failure(
+                        f"task interrupted: the worker shut down and the task did not finish "
+                        f"within {self.cfg.shutdown_timeout:g}s"
+                    ),
+                )
+            )
+        await self._flush_acks_logged()
+
+    async def _flush_acks_logged(self) -> None:
+        try:
+            await self._flush_acks()
+        except ApalisError as exc:
+            # Unacked tasks stay Running; the orphan re-enqueue gives them back.
+            log.error("worker %s: could not ack at shutdown: %s", self.w.worker_id, exc)
+            await self._reconnect_if_broken()
+
+    async def _reconnect_if_broken(self) -> None:
+        if self.conn is not None and not self.conn.closed and not self.conn.broken:
+            return
+        try:
+            self.conn = await _connect(self.w.conninfo)
+            log.info("worker %s: reconnected", self.w.worker_id)
+        except ConnectionFailed as exc:
+            log.error("worker %s: reconnect failed: %s", self.w.worker_id, exc)
+
+    # -- background ------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self, lease: Lease) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.cfg.heartbeat_interval)
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = await _connect(self.w.conninfo)
+                    await ops.heartbeat_async(conn, lease)
+                    await ops.reenqueue_orphans_async(
+                        conn, lease.queue, orphan_threshold=self.cfg.orphan_threshold
+                    )
+                except WorkerNotRegistered:
+                    log.error(
+                        "worker %s: lease lost (another process took over the registration); "
+                        "stopping claiming",
+                        lease.worker_id,
+                    )
+                    self.lease_lost = True
+                    self.stats.lease_lost = True
+                    self.wake.set()
+                    return
+                except ApalisError as exc:
+                    log.error("worker %s: heartbeat failed: %s", lease.worker_id, exc)
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _listen_loop(self, listening: asyncio.Event) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                try:
+                    conn = await _connect(self.w.conninfo)
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    log.info("worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL)
+                    listening.set()
+                    async for note in conn.notifies():
+                        event = parse_notify_payload(note.payload)
+                        if event is None or event.job_type != self.w.queue:
+                            continue
+                        if len(self.notified) < _MAX_NOTIFIED:
+                            for task_id in event.ids:
+                                self.notified[task_id] = None
+                        else:
+                            # A flood of inserts: a plain poll finds them more cheaply.
+                            self.notified.clear()
+                            self.poll_now = True
+                        self.wake.set()
+                except (ApalisError, psycopg.Error) as exc:
+                    # Polling keeps the worker going meanwhile.
+                    log.error("worker %s: LISTEN connection lost: %s", self.w.worker_id, exc)
+                    listening.set()
+                    if conn is not None:
+                        await conn.close()
+                    await asyncio.sleep(min(self.cfg.max_poll_interval, 5.0))
+        finally:
+            if conn is not None:
+                await conn.close()
+
+
+async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as exc:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConnectionFailed("connect", line) from exc
+
+
+def _call_sync(spec: HandlerSpec, args: Any) -> Outcome:
+    try:
+        value = spec.func(args)
+    except Exception as exc:
+        log.info("handler failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return outcome_for_exception(exc)
+    return outcome_for_return(value)
+
+
+async def _call_async(spec: HandlerSpec, args: Any) -> Outcome:
+    try:
+        value = await spec.func(args)
+    except Exception as exc:
+        log.info("handler failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return outcome_for_exception(exc)
+    return outcome_for_return(value)
