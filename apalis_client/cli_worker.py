@@ -1,0 +1,106 @@
+"""``apalis-client worker QUEUE module:function``: run a Python worker from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from apalis_client.cli import add_database_url, require_url
+from apalis_client.errors import InvalidArgument
+from apalis_client.worker import Worker, WorkerConfig
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    """Import ``module:function`` (the current directory is importable, as with uvicorn)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidArgument(f"handler must be given as module:function, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgument(f"cannot import handler module {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise InvalidArgument(f"module {module_name!r} has no attribute {attr!r}") from exc
+    if not callable(target):
+        raise InvalidArgument(f"{spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in (
+            "poll_interval",
+            "max_poll_interval",
+            "heartbeat_interval",
+            "orphan_threshold",
+            "batch_size",
+            "shutdown_timeout",
+        )
+        if getattr(args, name) is not None
+    }
+    config = WorkerConfig(listen=not args.no_listen, **overrides)
+    try:
+        worker = Worker(
+            args.queue,
+            load_handler(args.handler),
+            conninfo=require_url(args),
+            concurrency=args.concurrency,
+            worker_id=args.worker_id,
+            config=config,
+        )
+    except TypeError as exc:  # the handler's signature does not fit
+        raise InvalidArgument(str(exc)) from exc
+    stats = worker.run(until_idle=args.until_idle, max_tasks=args.max_tasks)
+    print(
+        f"worker {stats.worker_id}: {stats.done} done, {stats.failed} failed, "
+        f"{stats.killed} killed, {stats.stale} stale in {stats.seconds:.1f}s",
+        flush=True,
+    )
+    return 3 if stats.lease_lost else 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``worker`` subcommand."""
+    p = sub.add_parser(
+        "worker",
+        help="run a Python worker for a queue (SIGTERM/SIGINT stop it gracefully)",
+        description="Claim and run the tasks of QUEUE with HANDLER (module:function). "
+        "The first SIGTERM/SIGINT stops claiming, lets in-flight tasks finish and "
+        "deregisters; a second one exits at once. Exit status 3: the lease was taken over.",
+    )
+    add_database_url(p)
+    p.add_argument("queue", help="queue name (apalis job_type)")
+    p.add_argument("handler", help="handler as module:function")
+    p.add_argument("--concurrency", type=int, default=1, help="tasks run at once (default 1)")
+    p.add_argument("--worker-id", default=None, help="worker id (default: py-HOST-PID-N)")
+    p.add_argument("--poll-interval", type=float, default=None, help="seconds (default 0.1)")
+    p.add_argument("--max-poll-interval", type=float, default=None, help="seconds (default 5)")
+    p.add_argument(
+        "--heartbeat-interval", type=float, default=None, help="seconds (default 30)"
+    )
+    p.add_argument("--orphan-threshold", type=float, default=None, help="seconds (default 300)")
+    p.add_argument("--batch-size", type=int, default=None, help="max tasks per claim")
+    p.add_argument(
+        "--shutdown-timeout", type=float, default=None, help="seconds (default 30)"
+    )
+    p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
+    p.add_argument("--until-idle", action="store_true", help="exit once nothing is claimable")
+    p.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=_run)
