@@ -18,6 +18,7 @@ from apalis_codegen.describe import apply_schema, describe, schema_files, scratc
 from apalis_codegen.parse import QueryFileError, Statement, parse_file
 from apalis_codegen.render import (
     HEADER_MARK,
+    TEMPLATES,
     build,
     input_hash,
     render,
@@ -36,6 +37,7 @@ class Options:
     out: Path
     package: str
     database_url: str | None = None
+    templates: Path = TEMPLATES
 
     @property
     def package_dir(self) -> Path:
@@ -47,6 +49,7 @@ class Options:
         return (
             f"python -m codegen --queries {self.queries} --schema {self.schema} "
             f"--out {self.out} --package {self.package}"
+            + ("" if self.templates == TEMPLATES else f" --templates {self.templates}")
         )
 
 
@@ -71,7 +74,7 @@ def digest(options: Options) -> str:
         inputs.append((f"queries/{p.name}", p.read_bytes()))
     for p in schema_files(options.schema):
         inputs.append((f"schema/{p.relative_to(options.schema).as_posix()}", p.read_bytes()))
-    for p in template_files():
+    for p in template_files(options.templates):
         inputs.append((f"templates/{p.name}", p.read_bytes()))
     return input_hash(inputs, options.package)
 
@@ -137,6 +140,7 @@ def generate(options: Options) -> dict[str, str]:
         package=options.package,
         digest=digest(options),
         schema_source=_shown(options.schema),
+        templates=options.templates,
     )
 
 
@@ -213,13 +217,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="server to create the scratch database on (default: the test finder chain)",
     )
     parser.add_argument(
+        "--templates",
+        type=Path,
+        default=TEMPLATES,
+        help="jinja2 template folder (default: the generator's own)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit 1 if the generated code is stale (offline hash check; with --database-url "
         "also regenerate in memory and print a diff)",
     )
     args = parser.parse_args(argv)
-    options = Options(args.queries, args.schema, args.out, args.package, args.database_url)
+    options = Options(
+        args.queries, args.schema, args.out, args.package, args.database_url, args.templates
+    )
     try:
         if args.check:
             problems = check_offline(options)

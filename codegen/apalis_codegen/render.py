@@ -102,14 +102,14 @@ def rows_const(model: str) -> str:
     return f"{snake}_ROWS"
 
 
-def template_files() -> list[Path]:
+def template_files(templates: Path = TEMPLATES) -> list[Path]:
     """The templates, part of the input hash."""
-    return sorted(TEMPLATES.glob("*.j2"))
+    return sorted(templates.glob("*.j2"))
 
 
-def _environment() -> jinja2.Environment:
+def _environment(templates: Path) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.FileSystemLoader(str(templates)),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -179,12 +179,25 @@ def _column_model(
 
 
 def _same_as_table(columns: Sequence[Column], catalog: Catalog) -> Table | None:
-    # "Returns exactly a table's columns": same names and types, in table order.
-    shape = [(c.name, c.type_oid) for c in columns]
-    for table in catalog.tables.values():
-        if [(c.name, c.type_oid) for c in table.columns] == shape:
-            return table
+    # "Returns exactly a table's columns", in table order: by the source column the
+    # server reports, or else (through a CTE, say) by name and base type.
+    table = catalog.tables.get(columns[0].table_oid) if columns else None
+    if table is not None and [(c.table_oid, c.attnum) for c in columns] == [
+        (c.table_oid, c.attnum) for c in table.columns
+    ]:
+        return table
+    shape = [(c.name, _base(c.type_oid, catalog)) for c in columns]
+    for candidate in catalog.tables.values():
+        if [(c.name, _base(c.type_oid, catalog)) for c in candidate.columns] == shape:
+            return candidate
     return None
+
+
+def _base(oid: int, catalog: Catalog) -> int:
+    t = catalog.types.get(oid)
+    while t is not None and t.base:
+        oid, t = t.base, catalog.types.get(t.base)
+    return oid
 
 
 def build(
@@ -328,9 +341,10 @@ def render(
     package: str,
     digest: str,
     schema_source: str,
+    templates: Path = TEMPLATES,
 ) -> dict[str, str]:
     """Render every output file: {file name inside the package: text}."""
-    env = _environment()
+    env = _environment(templates)
     header = {
         "generator": GENERATOR,
         "digest": digest,
