@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -272,3 +276,51 @@ def test_cli_verify_names_drift_and_exits_1(
         conn.execute("DROP INDEX apalis.jobs_run_at_idx")
     assert cli_main(["verify", "--database-url", migrated_db]) == 1
     assert "index jobs_run_at_idx is missing" in capsys.readouterr().out
+
+
+@pytest.fixture
+def password_role(server_url: str) -> Iterator[str]:
+    """A role that must log in with a password: a scram-sha-256 pg_hba line put first."""
+    role = f"apalis_pw_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        hba = Path(str(admin.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+        original = hba.read_text()
+        admin.execute(
+            psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'right-pass'").format(
+                psycopg.sql.Identifier(role)
+            )
+        )
+        lines = [f"{kind} all {role} {addr} scram-sha-256" for kind, addr in _HBA_ADDRESSES]
+        hba.write_text("\n".join(lines) + "\n" + original)
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        yield role
+    finally:
+        hba.write_text(original)
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_reload_conf()")
+            admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
+
+
+_HBA_ADDRESSES = (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+
+
+def test_cli_reports_a_wrong_password_without_a_traceback(
+    server_url: str, password_role: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    right = psycopg.conninfo.make_conninfo(
+        server_url, user=password_role, password="right-pass", dbname="postgres"
+    )
+    wrong = psycopg.conninfo.make_conninfo(right, password="wrong-pass")
+    deadline = time.monotonic() + 10
+    while True:  # the server applies the reloaded pg_hba.conf asynchronously
+        code = cli_main(["verify", "--database-url", wrong])
+        err = capsys.readouterr().err
+        if "password authentication failed" in err or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert code == 2
+    assert f'password authentication failed for user "{password_role}"' in err
+    assert "wrong-pass" not in err and "Traceback" not in err
+    with psycopg.connect(right) as conn:  # the same role gets in with its real password
+        assert conn.execute("SELECT current_user").fetchone() == (password_role,)
