@@ -16,6 +16,7 @@ A user can build a custom loop from these::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,14 @@ def _orphan_report(queue: str, rows: Sequence[Any]) -> OrphanReport:
     return report
 
 
+def _use_transaction_block(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    # psycopg's transaction() is BEGIN/COMMIT on an idle autocommit connection (our own
+    # transaction) and a SAVEPOINT inside a transaction. On an idle non-autocommit connection
+    # it would COMMIT at the end of the block, which is the caller's to do: there the
+    # statements simply run in the transaction psycopg opens implicitly for the caller.
+    return conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
 def _check_batch(batch: int) -> int:
     if batch < 1:
         raise InvalidArgument(f"batch must be at least 1, got {batch}")
@@ -242,12 +251,14 @@ def register_worker(
 ) -> Lease:
     """Register ``worker_id`` on ``queue`` under a fresh lease token and re-enqueue orphans.
 
-    Both happen in one transaction. Raises AlreadyRegistered while another live
+    Both happen in one transaction: its own on an autocommit connection, else the
+    caller's (never committed here). Raises AlreadyRegistered while another live
     process (heartbeat younger than ``orphan_threshold`` seconds) holds the id.
     """
     lease = _new_lease(queue, worker_id)
     params = _register_params(lease, orphan_threshold)
-    with database_errors("register worker"), conn.transaction():
+    block = conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext()
+    with database_errors("register worker"), block:
         row = keep_alive.register_worker(conn, **params)
         _registered(lease, row)
         rows = reenqueue.reenqueue_orphans(
@@ -355,8 +366,9 @@ async def register_worker_async(
     """Async twin of :func:`register_worker`."""
     lease = _new_lease(queue, worker_id)
     params = _register_params(lease, orphan_threshold)
+    block = conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext()
     with database_errors("register worker"):
-        async with conn.transaction():
+        async with block:
             row = await keep_alive_async.register_worker(conn, **params)
             _registered(lease, row)
             rows = await reenqueue_async.reenqueue_orphans(

@@ -1,0 +1,197 @@
+"""Helpers for the worker tests: push tasks, read rows, run worker subprocesses.
+
+Also the handlers the worker subprocesses import (``worker_support:record``, …):
+they talk to the test database named by $APALIS_TEST_RECORD_URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+from apalis_generated.push import push_tasks
+from psycopg.rows import dict_row
+from ulid import ULID
+
+from apalis_client.worker import Worker, WorkerStats
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS_DIR)
+
+
+def push(
+    url: str,
+    queue: str,
+    payloads: Sequence[Any],
+    *,
+    max_attempts: int = 5,
+    priorities: Sequence[int] | None = None,
+    run_at: datetime | None = None,
+    raw: bool = False,
+) -> list[str]:
+    """Push tasks with the generated push statement; returns their ids in order."""
+    n = len(payloads)
+    ids = [str(ULID()) for _ in range(n)]
+    jobs = [p if raw else json.dumps(p).encode() for p in payloads]
+    when = run_at or datetime.now(timezone.utc)
+    with psycopg.connect(url, autocommit=True) as conn:
+        push_tasks(
+            conn,
+            queue=queue,
+            jobs=jobs,
+            ids=ids,
+            max_attempts=[max_attempts] * n,
+            run_ats=[when] * n,
+            priorities=list(priorities) if priorities is not None else [0] * n,
+            metadata=["{}"] * n,
+            idempotency_keys=[None] * n,
+        )
+    return ids
+
+
+def rows(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Run one query, rows as dicts."""
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(sql.encode(), params).fetchall()
+
+
+def task(url: str, task_id: str) -> dict[str, Any]:
+    """The jobs row of one task."""
+    (row,) = rows(url, "SELECT * FROM apalis.jobs WHERE id = %s", task_id)
+    return row
+
+
+def statuses(url: str, queue: str) -> dict[str, int]:
+    """Count of tasks per status in a queue."""
+    found = rows(
+        url,
+        "SELECT status, count(*)::int AS n FROM apalis.jobs WHERE job_type = %s GROUP BY 1",
+        queue,
+    )
+    return {r["status"]: r["n"] for r in found}
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Background:
+    """Run ``worker.run()`` in a thread; ``finish()`` stops it and returns its stats."""
+
+    def __init__(self, worker: Worker, **run_kwargs: Any) -> None:
+        self.worker = worker
+        self.stats: WorkerStats | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._go, args=(run_kwargs,), daemon=True)
+        self.thread.start()
+        if not worker.wait_until_ready(15):
+            raise AssertionError(f"worker not ready: {self.error!r}")
+
+    def _go(self, kwargs: dict[str, Any]) -> None:
+        try:
+            self.stats = self.worker.run(**kwargs)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self, timeout: float = 30) -> WorkerStats:
+        self.worker.stop()
+        return self.join(timeout)
+
+    def join(self, timeout: float = 30) -> WorkerStats:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError("worker thread did not stop")
+        if self.error is not None:
+            raise self.error
+        if self.stats is None:
+            raise AssertionError("worker returned no stats")
+        return self.stats
+
+
+def spawn_worker(url: str, queue: str, handler: str, *extra: str) -> subprocess.Popen[str]:
+    """Start ``apalis-client worker`` in a subprocess with this folder importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    env["APALIS_TEST_RECORD_URL"] = url
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "apalis_client",
+            "worker",
+            queue,
+            handler,
+            "--database-url",
+            url,
+            *extra,
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def ago(seconds: float) -> datetime:
+    """A timestamp ``seconds`` in the past (negative: in the future)."""
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+
+
+# --- handlers imported by worker subprocesses ------------------------------------------
+
+_local = threading.local()
+
+
+def _conn() -> psycopg.Connection[Any]:
+    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
+    if conn is None:
+        conn = psycopg.connect(os.environ["APALIS_TEST_RECORD_URL"], autocommit=True)
+        _local.conn = conn
+    return conn
+
+
+def record(args: dict[str, int]) -> int:
+    """Record (task number, worker pid, start, end) in test_runs; the run takes ~2 ms."""
+    start = time.time()
+    time.sleep(0.002)
+    _conn().execute(
+        "INSERT INTO test_runs (n, pid, started, ended) VALUES (%s, %s, %s, %s)",
+        (args["n"], os.getpid(), start, time.time()),
+    )
+    return args["n"]
+
+
+def mark_and_hang(args: dict[str, int]) -> None:
+    """Mark the task as started, then hang (the test SIGKILLs this process)."""
+    _conn().execute("INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
+                    (args["n"], os.getpid(), time.time()))
+    time.sleep(3600)
+
+
+def slow(args: dict[str, float]) -> str:
+    """Mark the start, sleep ``args['seconds']``, succeed."""
+    _conn().execute("INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
+                    (0, os.getpid(), time.time()))
+    time.sleep(args["seconds"])
+    return "finished"
+
+
+CREATE_RUNS = (
+    "CREATE TABLE test_runs (n int NOT NULL, pid int NOT NULL, "
+    "started float8 NOT NULL, ended float8)"
+)
