@@ -1,0 +1,293 @@
+"""What runs inside one benchmark worker process (spawned; see workers.py for the protocol).
+
+Every system does its own setup (imports, connections, registration), then calls
+``wait_go()``: that reports "ready" and blocks until the parent starts the clock.
+After the system returns, the child reports ("done", index, monotonic end time, count).
+Deliberately no ``from __future__ import annotations`` here: the apalis Worker reads
+the handler's declared argument type, so annotations must be real objects.
+"""
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+QUEUE = "bench"
+SAMPLE = "sample"
+
+# Set in the child before the apalis Worker runs, so module-level handlers can report.
+_OUT: Any = None
+_COUNTER = itertools.count(1)
+_LAST = [0]
+
+
+def _count() -> None:
+    # itertools.count is atomic under the GIL, so a thread-pool handler can use it.
+    _LAST[0] = next(_COUNTER)
+
+
+def noop_sync(args: dict[str, Any]) -> None:
+    _count()
+
+
+async def noop_async(args: dict[str, Any]) -> None:
+    _count()
+
+
+def latency_sync(args: dict[str, Any]) -> None:
+    t = time.monotonic()
+    _OUT.put((SAMPLE, args.get("n"), t))
+
+
+async def latency_async(args: dict[str, Any]) -> None:
+    t = time.monotonic()
+    _OUT.put((SAMPLE, args.get("n"), t))
+
+
+def worker_config(cls: Any, poll_seconds: float | None) -> tuple[Any, dict[str, Any]]:
+    """A WorkerConfig with defaults, or with every poll interval set to ``poll_seconds``."""
+    base = cls()
+    if poll_seconds is None:
+        return base, {}
+    if dataclasses.is_dataclass(base):
+        current = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    elif hasattr(base, "model_dump"):
+        current = {name: getattr(base, name) for name in type(base).model_fields}
+    else:
+        current = dict(vars(base))
+    changes: dict[str, Any] = {}
+    for name, value in current.items():
+        lowered = name.lower()
+        if "poll" not in lowered or any(w in lowered for w in ("factor", "multiplier", "jitter")):
+            continue
+        if isinstance(value, timedelta):
+            changes[name] = timedelta(seconds=poll_seconds)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            changes[name] = float(poll_seconds)
+    if not changes:
+        raise RuntimeError(f"WorkerConfig has no poll interval field among {sorted(current)}")
+    if dataclasses.is_dataclass(base):
+        return dataclasses.replace(base, **changes), changes
+    return cls(**{**current, **changes}), changes
+
+
+# ---- the systems ----------------------------------------------------------------------------
+
+
+def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
+    """claim_next(10) then ack (per task or ack_batch), exactly the statements in queries/."""
+    import psycopg
+    from _apalis_sql import statement
+    from psycopg.rows import dict_row
+    from ulid import ULID
+
+    claim = statement("lock.sql", "claim_next")
+    ack = statement("ack.sql", "ack")
+    ack_batch = statement("ack.sql", "ack_batch")
+    register = statement("keep_alive.sql", "register_worker")
+    worker_id, lease = f"bench-raw-{os.getpid()}", str(ULID())
+    ok_result = json.dumps({"Ok": None})
+    with psycopg.connect(spec["url"], autocommit=True, row_factory=dict_row) as conn:
+        registered = conn.execute(
+            register,
+            {
+                "worker_id": worker_id,
+                "queue": QUEUE,
+                "storage_name": "PostgresStorage",
+                "layers": "",
+                "lease_token": lease,
+                "orphan_threshold_secs": 300.0,
+            },
+        ).fetchone()
+        if registered is None:
+            raise RuntimeError("register_worker returned no row")
+        if not wait_go():
+            return 0
+        deadline = time.monotonic() + spec["timeout"]
+        guard = {"queue": QUEUE, "worker_id": worker_id, "lease_token": lease}
+        done = 0
+        # At most one claim per task plus the final empty one: the loop cannot spin forever.
+        for _ in range(spec["tasks"] + 2):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw loop: {done} tasks after {spec['timeout']} s")
+            rows = conn.execute(claim, {"queue": QUEUE, "batch": 10, "worker_id": worker_id})
+            jobs = rows.fetchall()
+            if not jobs:
+                break
+            for job in jobs:
+                json.loads(job["job"])  # the no-op handler still gets its decoded args
+            if spec["ack"] == "batch":
+                acked = conn.execute(
+                    ack_batch,
+                    {
+                        **guard,
+                        "ids": [j["id"] for j in jobs],
+                        "attempts": [j["attempts"] for j in jobs],
+                        "lock_ats": [j["lock_at"] for j in jobs],
+                        "outcomes": ["Done"] * len(jobs),
+                        "results": [ok_result] * len(jobs),
+                    },
+                ).fetchall()
+                if len(acked) != len(jobs):
+                    raise RuntimeError(f"stale acks: {len(jobs) - len(acked)}")
+            else:
+                for j in jobs:
+                    cur = conn.execute(
+                        ack,
+                        {
+                            **guard,
+                            "outcome": "Done",
+                            "result": ok_result,
+                            "id": j["id"],
+                            "lock_at": j["lock_at"],
+                            "attempts": j["attempts"],
+                        },
+                    )
+                    if cur.rowcount != 1:
+                        raise RuntimeError(f"stale ack for {j['id']}")
+            done += len(jobs)
+        return done
+
+
+def raw_listen(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
+    """Report the arrival time of every `apalis::job::insert` notification, per task id."""
+    import psycopg
+
+    stop = spec["stop"]
+    with psycopg.connect(spec["url"], autocommit=True) as conn:
+        conn.execute('LISTEN "apalis::job::insert"')
+        if not wait_go():
+            return 0
+        deadline = time.monotonic() + spec["timeout"]
+        seen = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            for note in conn.notifies(timeout=0.2):
+                t = time.monotonic()
+                payload = json.loads(note.payload)
+                for task_id in payload.get("ids") or [payload.get("id")]:
+                    _OUT.put((SAMPLE, task_id, t))
+                seen += 1
+        return seen
+
+
+def apalis_worker_api() -> tuple[Any, Any]:
+    """(Worker, WorkerConfig): from the package root, else from apalis_client.worker."""
+    try:
+        from apalis_client import Worker, WorkerConfig  # type: ignore[attr-defined]
+    except ImportError:
+        from apalis_client.worker import Worker, WorkerConfig
+    return Worker, WorkerConfig
+
+
+def ours(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
+    """apalis_client.Worker(...).run(until_idle=True), or run() until SIGTERM for latency."""
+    Worker, WorkerConfig = apalis_worker_api()
+    latency = spec.get("latency", False)
+    if latency:
+        handler = latency_async if spec["handler"] == "async" else latency_sync
+    else:
+        handler = noop_async if spec["handler"] == "async" else noop_sync
+    config, _ = worker_config(WorkerConfig, spec.get("poll_seconds"))
+    worker = Worker(
+        QUEUE, handler, conninfo=spec["url"], concurrency=spec["concurrency"], config=config
+    )
+    if not wait_go():
+        return 0
+    stats = worker.run() if latency else worker.run(until_idle=True)
+    return int(getattr(stats, "done", _LAST[0]))
+
+
+def procrastinate_app(url: str) -> tuple[Any, Any]:
+    """A procrastinate App on ``url`` (connector defaults) with the no-op task registered."""
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(name="noop", queue=QUEUE)
+    async def noop() -> None:
+        _count()
+
+    return app, noop
+
+
+async def procrastinate_worker(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
+    app, _ = procrastinate_app(spec["url"])
+    async with app.open_async():
+        if not await asyncio.to_thread(wait_go):
+            return 0
+        await asyncio.wait_for(
+            app.run_worker_async(
+                queues=[QUEUE],
+                concurrency=spec["concurrency"],
+                wait=False,
+                install_signal_handlers=False,
+            ),
+            spec["timeout"],
+        )
+    return _LAST[0]
+
+
+async def pgqueuer_worker(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
+    import psycopg
+    from pgqueuer import Job, Queries, QueueManager
+    from pgqueuer.types import QueueExecutionMode
+
+    conn = await psycopg.AsyncConnection.connect(spec["url"], autocommit=True)
+    async with conn:
+        qm = QueueManager(Queries.from_psycopg_connection(conn))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            _count()
+
+        if not await asyncio.to_thread(wait_go):
+            return 0
+        # Defaults (batch_size 10, no concurrency cap); drain exits once the queue is empty.
+        await asyncio.wait_for(qm.run(mode=QueueExecutionMode.drain), spec["timeout"])
+    return _LAST[0]
+
+
+SYSTEMS: dict[str, Callable[[dict[str, Any], Callable[[], bool]], Any]] = {
+    "raw": raw_loop,
+    "raw_listen": raw_listen,
+    "ours": ours,
+    "procrastinate": procrastinate_worker,
+    "pgqueuer": pgqueuer_worker,
+}
+
+
+def child_main(spec: dict[str, Any], out: Any, go: Any, stop: Any) -> None:
+    """Entry point of a spawned worker process."""
+    global _OUT
+    _OUT = out
+    # Errors only: a worker's routine "SIGTERM received, stopping" is expected here.
+    logging.basicConfig(level=logging.ERROR, format="%(processName)s %(name)s: %(message)s")
+    index = spec["index"]
+    spec = {**spec, "stop": stop}
+
+    def wait_go() -> bool:
+        out.put(("ready", index))
+        return bool(go.wait(spec["setup_timeout"]))
+
+    try:
+        run = SYSTEMS[spec["system"]]
+        result = run(spec, wait_go)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        out.put(("done", index, time.monotonic(), int(result)))
+    except BaseException as exc:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        out.put(("error", index, detail.splitlines()[-1][:300], traceback.format_exc()))
+    finally:
+        # Let the queue's feeder thread flush before the process ends.
+        out.close()
+        out.join_thread()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
