@@ -91,14 +91,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--worker-id", default=None, help="worker id (default: py-HOST-PID-N)")
     p.add_argument("--poll-interval", type=float, default=None, help="seconds (default 0.1)")
     p.add_argument("--max-poll-interval", type=float, default=None, help="seconds (default 5)")
-    p.add_argument(
-        "--heartbeat-interval", type=float, default=None, help="seconds (default 30)"
-    )
+    p.add_argument("--heartbeat-interval", type=float, default=None, help="seconds (default 30)")
     p.add_argument("--orphan-threshold", type=float, default=None, help="seconds (default 300)")
     p.add_argument("--batch-size", type=int, default=None, help="max tasks per claim")
-    p.add_argument(
-        "--shutdown-timeout", type=float, default=None, help="seconds (default 30)"
-    )
+    p.add_argument("--shutdown-timeout", type=float, default=None, help="seconds (default 30)")
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
     p.add_argument("--until-idle", action="store_true", help="exit once nothing is claimable")
     p.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks")

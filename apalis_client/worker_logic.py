@@ -254,7 +254,7 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerSpec:
             raise TypeError(
                 f"cannot resolve the annotation {arg_type!r} of handler parameter {first.name!r}"
             )
-    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)
+    is_async = any(inspect.iscoroutinefunction(f) for f in (handler, target, call))
     return HandlerSpec(
         func=handler, arg_type=arg_type, is_async=is_async, adapter=TypeAdapter(arg_type)
     )

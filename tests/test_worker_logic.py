@@ -108,8 +108,15 @@ def test_notify_payload_older_single_id_form() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    ["", "not json", "[]", '{"ids": ["x"]}', '{"job_type": 1, "id": "x"}', '{"job_type": "q"}',
-     '{"job_type": "q", "ids": [1]}'],
+    [
+        "",
+        "not json",
+        "[]",
+        '{"ids": ["x"]}',
+        '{"job_type": 1, "id": "x"}',
+        '{"job_type": "q"}',
+        '{"job_type": "q", "ids": [1]}',
+    ],
 )
 def test_unknown_notify_payloads_are_ignored(payload: str) -> None:
     assert parse_notify_payload(payload) is None

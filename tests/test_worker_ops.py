@@ -159,9 +159,7 @@ def test_ack_success_stores_ok_and_marks_done(op: Ops, migrated_db: str) -> None
     assert row["done_at"] is not None
 
 
-def test_ack_failure_is_failed_while_attempts_remain_then_killed(
-    op: Ops, migrated_db: str
-) -> None:
+def test_ack_failure_is_failed_while_attempts_remain_then_killed(op: Ops, migrated_db: str) -> None:
     lease = op.register_worker("q", "w1")
     (tid,) = push(migrated_db, "q", [0], max_attempts=2)
     (claimed,) = op.claim_next(lease, batch=1)

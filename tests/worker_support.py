@@ -17,11 +17,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
-from apalis_generated.push import push_tasks
 from psycopg.rows import dict_row
 from ulid import ULID
 
 from apalis_client.worker import Worker, WorkerStats
+from apalis_generated.push import push_tasks
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -178,15 +178,18 @@ def record(args: dict[str, int]) -> int:
 
 def mark_and_hang(args: dict[str, int]) -> None:
     """Mark the task as started, then hang (the test SIGKILLs this process)."""
-    _conn().execute("INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
-                    (args["n"], os.getpid(), time.time()))
+    _conn().execute(
+        "INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
+        (args["n"], os.getpid(), time.time()),
+    )
     time.sleep(3600)
 
 
 def slow(args: dict[str, float]) -> str:
     """Mark the start, sleep ``args['seconds']``, succeed."""
-    _conn().execute("INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
-                    (0, os.getpid(), time.time()))
+    _conn().execute(
+        "INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)", (0, os.getpid(), time.time())
+    )
     time.sleep(args["seconds"])
     return "finished"
 
