@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -264,10 +265,21 @@ SYSTEMS: dict[str, Callable[[dict[str, Any], Callable[[], bool]], Any]] = {
 }
 
 
+def _exit_with_parent(parent: int) -> None:
+    # If the benchmark itself dies (even by SIGKILL), its workers must not linger:
+    # ask for a graceful stop first, then leave for good.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5.0)
+    os._exit(1)
+
+
 def child_main(spec: dict[str, Any], out: Any, go: Any, stop: Any) -> None:
     """Entry point of a spawned worker process."""
     global _OUT
     _OUT = out
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     # Errors only: a worker's routine "SIGTERM received, stopping" is expected here.
     logging.basicConfig(level=logging.ERROR, format="%(processName)s %(name)s: %(message)s")
     index = spec["index"]

@@ -74,6 +74,25 @@ class Server:
         self.url = url
         self.seq = 0
 
+    def drop_leftovers(self) -> None:
+        """Drop databases of earlier runs of this script whose process is gone (SIGKILLed)."""
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            names = [
+                r[0]
+                for r in admin.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_workers\\_%'"
+                )
+            ]
+            for name in names:
+                pid = name.split("_")[2]
+                if pid.isdigit() and not _alive(int(pid)):
+                    print(f"dropping leftover database {name}")
+                    admin.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)
+                        )
+                    )
+
     @contextlib.contextmanager
     def fresh_database(self, tag: str) -> Iterator[str]:
         self.seq += 1
@@ -87,6 +106,23 @@ class Server:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def checkpoint(url: str) -> None:
+    """Flush the seeding's dirty pages now, so no run pays for another's checkpoint."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")
 
 
 def migrate_apalis(url: str) -> None:
@@ -308,6 +344,7 @@ def throughput(server: Server, case: Case, args: argparse.Namespace) -> float:
         else:
             asyncio.run(_seed_pgqueuer(url, n))
             check = check_pgqueuer
+        checkpoint(url)
         spec = {"system": case.system, "url": url, "tasks": n, "timeout": args.timeout}
         specs = [{**spec, **case.extra} for _ in range(case.processes)]
         with Processes(specs, args.setup_timeout) as procs, Watcher(url, case.system) as watch:
@@ -628,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     server = Server(args.database_url)
+    server.drop_leftovers()
     with psycopg.connect(args.database_url) as conn:
         server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
     tp = [Row(c) for c in throughput_cases(args)]
