@@ -120,9 +120,11 @@ def _alive(pid: int) -> bool:
 
 def checkpoint(url: str) -> None:
     """Flush the seeding's dirty pages now, so no run pays for another's checkpoint."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            conn.execute("CHECKPOINT")
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        contextlib.suppress(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("CHECKPOINT")
 
 
 def migrate_apalis(url: str) -> None:
