@@ -176,6 +176,11 @@ def record(args: dict[str, int]) -> int:
     return args["n"]
 
 
+def echo(args: Any) -> Any:
+    """Return the arguments as the result."""
+    return args
+
+
 def mark_and_hang(args: dict[str, int]) -> None:
     """Mark the task as started, then hang (the test SIGKILLs this process)."""
     _conn().execute(
