@@ -1,13 +1,17 @@
 """apalis-client: a typed Python client for the apalis job queue on PostgreSQL."""
 
+from apalis_client.codec import Codec, JsonCodec
 from apalis_client.errors import (
     AlreadyRegistered,
     ApalisError,
     ConnectionFailed,
     DatabaseError,
+    DuplicateTaskId,
+    IdempotencyConflict,
     InvalidArgument,
     MigrationChecksumMismatch,
     SchemaError,
+    SchemaMissing,
     StaleAcknowledgement,
     WorkerNotRegistered,
 )
@@ -19,6 +23,16 @@ from apalis_client.migrate import (
     verify_schema,
     verify_schema_async,
 )
+from apalis_client.producer import (
+    push_many_with_conn,
+    push_many_with_conn_async,
+    push_task_with_conn,
+    push_task_with_conn_async,
+    push_with_conn,
+    push_with_conn_async,
+)
+from apalis_client.storage import AsyncPostgresStorage, PostgresStorage
+from apalis_client.task import Task, TaskId
 from apalis_client.worker import Worker, WorkerConfig, WorkerStats
 from apalis_client.worker_logic import Outcome
 from apalis_client.worker_ops import Lease
@@ -28,16 +42,25 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyRegistered",
     "ApalisError",
+    "AsyncPostgresStorage",
+    "Codec",
     "ConnectionFailed",
     "DatabaseError",
+    "DuplicateTaskId",
+    "IdempotencyConflict",
     "InvalidArgument",
+    "JsonCodec",
     "Lease",
     "MigrationChecksumMismatch",
     "MigrationReport",
     "Outcome",
+    "PostgresStorage",
     "SchemaError",
+    "SchemaMissing",
     "SchemaReport",
     "StaleAcknowledgement",
+    "Task",
+    "TaskId",
     "Worker",
     "WorkerConfig",
     "WorkerNotRegistered",
@@ -45,6 +68,12 @@ __all__ = [
     "__version__",
     "migrate",
     "migrate_async",
+    "push_many_with_conn",
+    "push_many_with_conn_async",
+    "push_task_with_conn",
+    "push_task_with_conn_async",
+    "push_with_conn",
+    "push_with_conn_async",
     "verify_schema",
     "verify_schema_async",
 ]

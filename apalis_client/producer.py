@@ -1,0 +1,212 @@
+"""Push tasks on a connection you hold (the transactional outbox): thin sync and async shells.
+
+The logic lives in :mod:`apalis_client.batch`; these functions only run its plan on a
+connection. Every push is one INSERT for the whole batch. On a connection inside a
+transaction (or a non-autocommit one, where psycopg opens a transaction implicitly) the INSERT
+runs inside a savepoint pipelined with it, so a failed push rolls back only itself and the
+caller's transaction stays usable; the caller commits or rolls back. On an idle autocommit
+connection the batch commits on its own, all or nothing. NOTIFY reaches workers at commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import kwargs_row
+
+from apalis_client import _savepoint
+from apalis_client.batch import (
+    OPERATION,
+    Batch,
+    Plan,
+    batch_of_args,
+    batch_of_tasks,
+    check_inserted,
+    plan_for,
+)
+from apalis_client.codec import JSON, Codec
+from apalis_client.errors import translate_error
+from apalis_client.task import Task, TaskId
+from apalis_generated import push as gen
+from apalis_generated import push_async as gen_async
+from apalis_generated.models import PushTasksRow
+
+Args = TypeVar("Args")
+
+_ROWS = kwargs_row(PushTasksRow.model_construct)
+_SAVEPOINT_PLANS = (Plan.SAVEPOINT_ONE_TRIP, Plan.SAVEPOINT_TWO_TRIPS)
+
+
+def _outcome(row: PushTasksRow | None) -> tuple[int | None, list[str] | None]:
+    return (row.inserted, row.inserted_keys) if row is not None else (None, None)
+
+
+# --- sync -------------------------------------------------------------------------------
+
+
+def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
+    """Insert ``batch`` on ``conn`` following its :func:`~apalis_client.batch.plan_for` plan."""
+    if not batch.ids:
+        return []
+    plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    if plan is Plan.SYNC_FIRST:
+        with conn.pipeline() as pipeline:
+            pipeline.sync()
+        plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    try:
+        if plan is Plan.STATEMENT:
+            row = gen.push_tasks(conn, **batch.params())
+        elif plan is Plan.TRANSACTION:
+            with conn.transaction():
+                row = gen.push_tasks(conn, **batch.params())
+                # Raising here makes psycopg roll the whole batch back.
+                check_inserted(batch, *_outcome(row))
+        elif plan is Plan.SAVEPOINT_ONE_TRIP:
+            # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
+            # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
+            with conn.cursor(row_factory=_ROWS) as cur:
+                with conn.pipeline():
+                    conn.execute(_savepoint.SAVEPOINT)
+                    cur.execute(gen.PUSH_TASKS_SQL, batch.params())
+                    conn.execute(_savepoint.RELEASE)
+                row = cur.fetchone()
+        else:
+            with conn.pipeline():
+                conn.execute(_savepoint.SAVEPOINT)
+                row = gen.push_tasks(conn, **batch.params())
+                try:
+                    check_inserted(batch, *_outcome(row))
+                except Exception:
+                    conn.execute(_savepoint.ROLLBACK_TO)
+                    raise
+                finally:
+                    conn.execute(_savepoint.RELEASE)
+    except psycopg.Error as exc:
+        if plan in _SAVEPOINT_PLANS:
+            _recover(conn)
+        raise translate_error(OPERATION, exc) from exc
+    check_inserted(batch, *_outcome(row))
+    return batch.ids
+
+
+def _recover(conn: psycopg.Connection[Any]) -> None:
+    # The INSERT failed inside our savepoint: undo it so the caller's transaction goes on.
+    if conn.info.transaction_status != TransactionStatus.INERROR:
+        return
+    try:
+        with conn.pipeline():
+            conn.execute(_savepoint.ROLLBACK_TO)
+            conn.execute(_savepoint.RELEASE)
+    except psycopg.Error:
+        # The savepoint itself never got made; the transaction stays aborted, as it would
+        # without us, and the original error is the one worth reporting.
+        pass
+
+
+def push_with_conn(
+    conn: psycopg.Connection[Any], queue: str, args: Args, *, codec: Codec[Args] = JSON
+) -> TaskId:
+    """Push one task with a Rust producer's defaults on ``conn``; returns its new id."""
+    return push_batch(conn, batch_of_args(queue, (args,), codec))[0]
+
+
+def push_task_with_conn(
+    conn: psycopg.Connection[Any], queue: str, task: Task[Args], *, codec: Codec[Args] = JSON
+) -> TaskId:
+    """Push a fully specified task on ``conn``; returns its id (the preassigned one if given)."""
+    return push_batch(conn, batch_of_tasks(queue, (task,), codec))[0]
+
+
+def push_many_with_conn(
+    conn: psycopg.Connection[Any],
+    queue: str,
+    tasks: Iterable[Task[Args]],
+    *,
+    codec: Codec[Args] = JSON,
+) -> list[TaskId]:
+    """Push a batch of tasks with one INSERT, all or nothing; returns their ids in order."""
+    return push_batch(conn, batch_of_tasks(queue, tasks, codec))
+
+
+# --- async ------------------------------------------------------------------------------
+
+
+async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> list[TaskId]:
+    """Async twin of :func:`push_batch`."""
+    if not batch.ids:
+        return []
+    plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    if plan is Plan.SYNC_FIRST:
+        async with conn.pipeline() as pipeline:
+            await pipeline.sync()
+        plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    try:
+        if plan is Plan.STATEMENT:
+            row = await gen_async.push_tasks(conn, **batch.params())
+        elif plan is Plan.TRANSACTION:
+            async with conn.transaction():
+                row = await gen_async.push_tasks(conn, **batch.params())
+                check_inserted(batch, *_outcome(row))
+        elif plan is Plan.SAVEPOINT_ONE_TRIP:
+            async with conn.cursor(row_factory=_ROWS) as cur:
+                async with conn.pipeline():
+                    await conn.execute(_savepoint.SAVEPOINT)
+                    await cur.execute(gen_async.PUSH_TASKS_SQL, batch.params())
+                    await conn.execute(_savepoint.RELEASE)
+                row = await cur.fetchone()
+        else:
+            async with conn.pipeline():
+                await conn.execute(_savepoint.SAVEPOINT)
+                row = await gen_async.push_tasks(conn, **batch.params())
+                try:
+                    check_inserted(batch, *_outcome(row))
+                except Exception:
+                    await conn.execute(_savepoint.ROLLBACK_TO)
+                    raise
+                finally:
+                    await conn.execute(_savepoint.RELEASE)
+    except psycopg.Error as exc:
+        if plan in _SAVEPOINT_PLANS:
+            await _recover_async(conn)
+        raise translate_error(OPERATION, exc) from exc
+    check_inserted(batch, *_outcome(row))
+    return batch.ids
+
+
+async def _recover_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    if conn.info.transaction_status != TransactionStatus.INERROR:
+        return
+    try:
+        async with conn.pipeline():
+            await conn.execute(_savepoint.ROLLBACK_TO)
+            await conn.execute(_savepoint.RELEASE)
+    except psycopg.Error:
+        pass
+
+
+async def push_with_conn_async(
+    conn: psycopg.AsyncConnection[Any], queue: str, args: Args, *, codec: Codec[Args] = JSON
+) -> TaskId:
+    """Async twin of :func:`push_with_conn`."""
+    return (await push_batch_async(conn, batch_of_args(queue, (args,), codec)))[0]
+
+
+async def push_task_with_conn_async(
+    conn: psycopg.AsyncConnection[Any], queue: str, task: Task[Args], *, codec: Codec[Args] = JSON
+) -> TaskId:
+    """Async twin of :func:`push_task_with_conn`."""
+    return (await push_batch_async(conn, batch_of_tasks(queue, (task,), codec)))[0]
+
+
+async def push_many_with_conn_async(
+    conn: psycopg.AsyncConnection[Any],
+    queue: str,
+    tasks: Iterable[Task[Args]],
+    *,
+    codec: Codec[Args] = JSON,
+) -> list[TaskId]:
+    """Async twin of :func:`push_many_with_conn`."""
+    return await push_batch_async(conn, batch_of_tasks(queue, tasks, codec))

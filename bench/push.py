@@ -1,0 +1,369 @@
+"""Producer benchmark: apalis-client's push beside raw psycopg, pgqueuer and procrastinate.
+
+One run, one fresh database, every case interleaved run by run (so drift hits them alike);
+each figure is the median and range (min–max) over the runs. Not a timed test.
+
+    .venv/bin/python bench/push.py [--url URL] [--runs 7] [--single 300] [--batch 5000]
+
+With no --url it uses $APALIS_BENCH_DATABASE_URL, else $APALIS_TEST_DATABASE_URL, else a
+throwaway PostgreSQL (as the tests do). Writes bench/results/push.md and push.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from ulid import ULID
+
+import apalis_client
+from apalis_client import Task, _savepoint, push_many_with_conn, push_with_conn
+from apalis_generated import push as gen
+
+QUEUE = "bench-push"
+RESULTS = Path(__file__).resolve().parent / "results"
+ARGS = {"to": "user@example.com", "subject": "Welcome", "n": 1}
+
+# The statements a hand-written producer would run: one row, and the unnest batch.
+INSERT_ONE = """
+INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority,
+                         metadata)
+VALUES (%s, %s, %s, 'Pending', 0, 5, %s, 0, '{}'::jsonb)
+"""
+INSERT_UNNEST = """
+INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority,
+                         metadata)
+SELECT t.job, t.id, %(queue)s, 'Pending', 0, 5, t.run_at, 0, '{}'::jsonb
+  FROM unnest(%(jobs)s::bytea[], %(ids)s::text[], %(run_ats)s::timestamptz[])
+       AS t(job, id, run_at)
+"""
+SAVEPOINT = b"SAVEPOINT s"
+RELEASE = b"RELEASE SAVEPOINT s"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _row() -> tuple[bytes, str, str, datetime]:
+    return json.dumps(ARGS, separators=(",", ":")).encode(), str(ULID()), QUEUE, _now()
+
+
+# ---- single task per transaction ------------------------------------------------------------
+# Each case gets an autocommit connection (`ac`) and a non-autocommit one (`tx`).
+
+
+def apalis_in_transaction(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    with ac.transaction():  # BEGIN, push (savepoint pipelined), COMMIT: 3 round trips
+        push_with_conn(ac, QUEUE, ARGS)
+
+
+def apalis_implicit_transaction(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    push_with_conn(tx, QUEUE, ARGS)  # BEGIN joins the push's pipeline: 2 round trips
+    tx.commit()
+
+
+def apalis_two_trip_savepoint(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    # The design not taken: the generated push_tasks reads its row before RELEASE is queued.
+    with tx.pipeline():
+        tx.execute(_savepoint.SAVEPOINT)
+        row = gen.push_tasks(
+            tx,
+            queue=QUEUE,
+            jobs=[json.dumps(ARGS, separators=(",", ":")).encode()],
+            ids=[str(ULID())],
+            max_attempts=[5],
+            run_ats=[_now()],
+            priorities=[0],
+            metadata=["{}"],
+            idempotency_keys=[None],
+        )
+        assert row is not None and row.inserted == 1
+        tx.execute(_savepoint.RELEASE)
+    tx.commit()
+
+
+def raw_3_trips(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    ac.execute(b"BEGIN")
+    ac.execute(INSERT_ONE, _row())
+    ac.execute(b"COMMIT")
+
+
+def raw_pipelined(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    with ac.pipeline():
+        ac.execute(b"BEGIN")
+        ac.execute(INSERT_ONE, _row())
+        ac.execute(b"COMMIT")
+
+
+def raw_result_before_commit(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    # What any API that reports the INSERT's outcome before the caller commits needs.
+    with ac.pipeline():
+        ac.execute(b"BEGIN")
+        cur = ac.execute(INSERT_ONE + " RETURNING id", _row())
+        assert cur.fetchone() is not None  # flushes: BEGIN+INSERT, then COMMIT
+        ac.execute(b"COMMIT")
+
+
+def raw_savepoint(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
+    ac.execute(b"BEGIN")
+    ac.execute(SAVEPOINT)
+    ac.execute(INSERT_ONE, _row())
+    ac.execute(RELEASE)
+    ac.execute(b"COMMIT")
+
+
+SINGLE: list[tuple[str, Callable[[psycopg.Connection[Any], psycopg.Connection[Any]], None]]] = [
+    ("apalis push_with_conn in `with conn.transaction()` (3 RT)", apalis_in_transaction),
+    ("apalis push_with_conn + conn.commit(), implicit tx (2 RT)", apalis_implicit_transaction),
+    (
+        "apalis alternative: generated fn reads its row, then RELEASE (3 RT)",
+        apalis_two_trip_savepoint,
+    ),
+    ("raw BEGIN / INSERT / COMMIT (3 RT)", raw_3_trips),
+    ("raw BEGIN+INSERT+COMMIT pipelined (1 RT)", raw_pipelined),
+    ("raw pipelined, INSERT result read before COMMIT (2 RT)", raw_result_before_commit),
+    ("raw BEGIN / SAVEPOINT / INSERT / RELEASE / COMMIT (5 RT)", raw_savepoint),
+]
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+
+def batch_apalis(conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]) -> None:
+    ids = push_many_with_conn(conn, QUEUE, tasks)
+    assert len(ids) == len(tasks)
+
+
+def batch_apalis_in_transaction(
+    conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
+) -> None:
+    with conn.transaction():
+        push_many_with_conn(conn, QUEUE, tasks)
+
+
+def batch_raw(conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]) -> None:
+    run_at = _now()
+    conn.execute(
+        INSERT_UNNEST,
+        {
+            "queue": QUEUE,
+            "jobs": [json.dumps(a, separators=(",", ":")).encode() for a in args],
+            "ids": [t.task_id for t in tasks],
+            "run_ats": [run_at] * len(args),
+        },
+    )
+
+
+def batch_pgqueuer(url: str, n: int) -> Callable[[], None] | None:
+    try:
+        from pgqueuer import Queries
+    except ImportError:
+        return None
+
+    async def setup() -> Any:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        queries = Queries.from_psycopg_connection(conn)
+        await queries.install()
+        return conn, queries
+
+    loop = asyncio.new_event_loop()
+    _conn, queries = loop.run_until_complete(setup())
+    payloads = [json.dumps(ARGS).encode()] * n
+
+    def run() -> None:
+        loop.run_until_complete(queries.enqueue(["noop"] * n, payloads, [0] * n))
+
+    return run
+
+
+def batch_procrastinate(url: str, n: int) -> Callable[[], None] | None:
+    try:
+        import procrastinate
+    except ImportError:
+        return None
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(name="noop", queue=QUEUE)
+    async def noop(**kwargs: Any) -> None:
+        return None
+
+    loop = asyncio.new_event_loop()
+
+    async def setup() -> None:
+        await app.open_async()
+        await app.schema_manager.apply_schema_async()
+
+    loop.run_until_complete(setup())
+
+    def run() -> None:
+        loop.run_until_complete(noop.batch_defer_async(*(ARGS for _ in range(n))))
+
+    return run
+
+
+# ---- harness ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[str]:
+    """A fresh database on the server of ``url`` (or a throwaway server), dropped afterwards."""
+    if url is None:
+        from apalis_codegen.pgfind import find_postgres
+
+        with find_postgres() as server, database(server.url) as db:
+            yield db
+        return
+    name = f"apalis_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(url, dbname=name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def summary(rates: list[float]) -> tuple[float, float, float]:
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=None)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--single", type=int, default=300, help="transactions per run")
+    parser.add_argument("--batch", type=int, default=5000, help="tasks per batch")
+    parser.add_argument("--no-plot", action="store_true")
+    a = parser.parse_args(argv)
+    url = (
+        a.url
+        or os.environ.get("APALIS_BENCH_DATABASE_URL")
+        or os.environ.get("APALIS_TEST_DATABASE_URL")
+    )
+    with database(url) as db:
+        with psycopg.connect(db, autocommit=True) as conn:
+            apalis_client.migrate(conn)
+        ac = psycopg.connect(db, autocommit=True)
+        tx = psycopg.connect(db)
+        single: dict[str, list[float]] = {name: [] for name, _ in SINGLE}
+        for _ in range(2 * 20):  # warm up prepared statements and the table
+            for _, fn in SINGLE:
+                fn(ac, tx)
+        for _ in range(a.runs):
+            for name, fn in SINGLE:
+                t0 = time.perf_counter()
+                for _ in range(a.single):
+                    fn(ac, tx)
+                single[name].append(a.single / (time.perf_counter() - t0))
+            ac.execute(b"TRUNCATE apalis.jobs")
+
+        n = a.batch
+        batch: dict[str, list[float]] = {}
+        cases: list[tuple[str, Callable[[], None]]] = []
+        tasks_box: list[list[Task[Any]]] = [[]]
+        args = [dict(ARGS, n=i) for i in range(n)]
+        for name, fn in (
+            (f"apalis push_many_with_conn, {n} tasks, autocommit", batch_apalis),
+            (
+                f"apalis push_many_with_conn, {n} tasks, in a transaction",
+                batch_apalis_in_transaction,
+            ),
+            (f"raw unnest INSERT, {n} rows", batch_raw),
+        ):
+            cases.append((name, lambda fn=fn: fn(ac, tasks_box[0], args)))
+        for name, make in (
+            (f"pgqueuer Queries.enqueue, {n} jobs", batch_pgqueuer),
+            (f"procrastinate batch_defer_async, {n} jobs", batch_procrastinate),
+        ):
+            try:
+                run = make(db, n)
+            except Exception as exc:  # a competitor that fails to set up is reported, not fatal
+                print(f"skipping {name}: {exc!r}", file=sys.stderr)
+                run = None
+            if run is not None:
+                cases.append((name, run))
+        for name, _ in cases:
+            batch[name] = []
+        for _ in range(a.runs):
+            for name, run in cases:
+                # Fresh Task objects (fresh ids) per run, built outside the clock like raw's rows.
+                tasks_box[0] = [Task(args=x) for x in args]
+                t0 = time.perf_counter()
+                run()
+                batch[name].append(n / (time.perf_counter() - t0))
+                ac.execute(b"TRUNCATE apalis.jobs")
+        ac.close()
+        tx.close()
+
+    lines = [
+        f"push benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {a.runs} runs, "
+        f"median [min–max]",
+        "",
+        "| case | per second |",
+        "|---|---|",
+    ]
+    for table, unit in ((single, "tx/s"), (batch, "rows/s")):
+        for name, rates in table.items():
+            med, lo, hi = summary(rates)
+            lines.append(f"| {name} | {med:,.0f} [{lo:,.0f}–{hi:,.0f}] {unit} |")
+    raw_p = statistics.median(single["raw BEGIN+INSERT+COMMIT pipelined (1 RT)"])
+    raw_2 = statistics.median(single["raw pipelined, INSERT result read before COMMIT (2 RT)"])
+    best = statistics.median(single[SINGLE[1][0]])
+    raw_b = statistics.median(batch[f"raw unnest INSERT, {n} rows"])
+    ours_b = statistics.median(batch[f"apalis push_many_with_conn, {n} tasks, autocommit"])
+    lines += [
+        "",
+        f"push_with_conn + commit (2 RT) / raw pipelined 1 RT: {best / raw_p:.2f}×",
+        f"push_with_conn + commit (2 RT) / raw pipelined 2 RT: {best / raw_2:.2f}×",
+        f"push_many_with_conn / raw unnest: {ours_b / raw_b:.2f}×",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "push.md").write_text(text + "\n", encoding="utf-8")
+    if not a.no_plot:
+        plot(single, batch)
+    return 0
+
+
+def plot(single: dict[str, list[float]], batch: dict[str, list[float]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8))
+    for ax, table, unit in ((axes[0], single, "transactions/s"), (axes[1], batch, "rows/s")):
+        names = list(table)
+        med = [statistics.median(table[k]) for k in names]
+        err = [
+            [m - min(table[k]) for m, k in zip(med, names, strict=True)],
+            [max(table[k]) - m for m, k in zip(med, names, strict=True)],
+        ]
+        colors = ["tab:blue" if k.startswith("apalis") else "tab:gray" for k in names]
+        ax.barh(names, med, xerr=err, color=colors)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{unit} (median, bars = min–max)")
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "push.png", dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
