@@ -1,0 +1,250 @@
+"""Pure tests of the producer's codec, task model, caps and batch logic (no database)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from psycopg.pq import TransactionStatus
+from pydantic import BaseModel, Field
+from ulid import ULID
+
+from apalis_client import IdempotencyConflict, InvalidArgument, JsonCodec, Task
+from apalis_client.batch import (
+    Plan,
+    batch_of_args,
+    batch_of_tasks,
+    check_inserted,
+    collided_keys,
+    plan_for,
+)
+from apalis_client.codec import JSON, to_json
+from apalis_client.errors import DuplicateTaskId
+
+
+class Email(BaseModel):
+    to: str
+    retries_left: int = Field(alias="retriesLeft")
+    cc: list[str] = []
+
+
+@dataclasses.dataclass
+class Point:
+    y: float
+    x: float
+
+
+class Color(enum.Enum):
+    RED = "Red"
+
+
+# Expected bytes written out from serde_json's rules (ryu floats, compact separators,
+# UTF-8 kept, only '"', '\\' and control characters escaped), not computed by this code.
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, b"null"),
+        (True, b"true"),
+        (False, b"false"),
+        (0, b"0"),
+        (-17, b"-17"),
+        (2**64, b"18446744073709551616"),
+        (1.0, b"1.0"),
+        (-0.0, b"-0.0"),
+        (0.1, b"0.1"),
+        (123456.789, b"123456.789"),
+        (1e15, b"1000000000000000.0"),
+        (1e16, b"1e16"),
+        (1.5e300, b"1.5e300"),
+        (1e-5, b"0.00001"),
+        (1e-7, b"1e-7"),
+        (2.5e-10, b"2.5e-10"),
+        ("plain", b'"plain"'),
+        ("zoë ☃ 😀", '"zoë ☃ 😀"'.encode()),
+        ('q"b\\s/', b'"q\\"b\\\\s/"'),
+        ("\n\r\t\b\f\x01\x1f\x7f", b'"\\n\\r\\t\\b\\f\\u0001\\u001f\x7f"'),
+        ("see e+5 NaN Infinity", b'"see e+5 NaN Infinity"'),
+        ([], b"[]"),
+        ([1, "a", None, [2.0]], b'[1,"a",null,[2.0]]'),
+        ((1, 2), b"[1,2]"),
+        ({}, b"{}"),
+        ({"b": 1, "a": {"z": [1e16]}}, b'{"b":1,"a":{"z":[1e16]}}'),
+        ({"e+": "e+1", "k": 1e20}, b'{"e+":"e+1","k":1e20}'),
+        ({1: "int key"}, b'{"1":"int key"}'),
+        (Email(to="a@b.c", retriesLeft=2), b'{"to":"a@b.c","retriesLeft":2,"cc":[]}'),
+        (Point(y=1.0, x=2.5), b'{"y":1.0,"x":2.5}'),
+        (
+            {"when": datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)},
+            b'{"when":"2024-05-01T12:00:00Z"}',
+        ),
+        ({"id": uuid.UUID(int=1)}, b'{"id":"00000000-0000-0000-0000-000000000001"}'),
+        (Color.RED, b'"Red"'),
+    ],
+    ids=repr,
+)
+def test_json_bytes_match_serde_json(value: Any, expected: bytes) -> None:
+    assert to_json(value) == expected
+
+
+@pytest.mark.parametrize("raw", [b'{"pre":"encoded"}', bytearray(b"\x00\xff"), memoryview(b"mv")])
+def test_raw_bytes_pass_through_unchanged(raw: Any) -> None:
+    assert JsonCodec().encode(raw) == bytes(raw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), [float("-inf")], {"x": float("nan")}])
+def test_non_finite_floats_are_rejected(bad: Any) -> None:
+    with pytest.raises(InvalidArgument, match="non-finite float"):
+        to_json(bad)
+
+
+def test_unserializable_value_is_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="cannot encode a object as JSON"):
+        to_json(object())
+
+
+def test_lone_surrogate_is_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="cannot encode a str"):
+        to_json("\ud800")
+
+
+def test_a_custom_codec_plugs_in() -> None:
+    class Upper:
+        def encode(self, value: str, /) -> bytes:
+            return value.upper().encode()
+
+    batch = batch_of_args("q", ["abc"], Upper())
+    assert batch.jobs == [b"ABC"]
+
+
+# ---- Task ----------------------------------------------------------------------------------
+
+
+def test_task_defaults_are_a_rust_producers() -> None:
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    task = Task(args={"a": 1})
+    assert (task.priority, task.max_attempts, task.metadata, task.idempotency_key) == (
+        0,
+        5,
+        {},
+        None,
+    )
+    assert task.run_at.microsecond == 0 and task.run_at.tzinfo is not None
+    assert before <= task.run_at <= datetime.now(timezone.utc)
+    assert len(task.task_id) == 26 and str(ULID.from_str(task.task_id)) == task.task_id
+
+
+def test_task_ids_differ() -> None:
+    assert Task(args=1).task_id != Task(args=1).task_id
+
+
+def test_task_id_is_normalized_to_canonical_ulid() -> None:
+    u = ULID()
+    assert Task(args=1, task_id=str(u).lower()).task_id == str(u)
+    assert Task(args=1, task_id=u).task_id == str(u)
+
+
+def test_run_at_accepts_unix_seconds_and_other_zones() -> None:
+    assert Task(args=1, run_at=1_700_000_000).run_at == datetime(
+        2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc
+    )
+    plus2 = timezone(timedelta(hours=2))
+    got = Task(args=1, run_at=datetime(2030, 1, 1, 2, 0, tzinfo=plus2)).run_at
+    assert got == datetime(2030, 1, 1, tzinfo=timezone.utc) and got.tzinfo == timezone.utc
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"task_id": "not-a-ulid"}, "is not a ULID"),
+        ({"task_id": 7}, "task_id must be a ULID or str"),
+        ({"priority": True}, "priority must be an int, got bool"),
+        ({"priority": "1"}, "priority must be an int, got str"),
+        ({"max_attempts": 2**31}, "max_attempts 2147483648 is out of range"),
+        ({"run_at": "2024-01-01"}, "run_at must be an aware datetime or unix seconds"),
+        ({"run_at": float("nan")}, "run_at nan unix seconds is out of range"),
+        ({"idempotency_key": ""}, "idempotency_key must not be empty"),
+        ({"idempotency_key": "a\x00b"}, "contains a NUL character"),
+        ({"metadata": ["not", "an", "object"]}, "invalid task"),
+    ],
+)
+def test_invalid_task_fields_raise_invalid_argument(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        Task(args=1, **fields)
+
+
+def test_typed_task_validates_its_args() -> None:
+    assert Task[Email](args={"to": "x", "retriesLeft": 1}).args == Email(to="x", retriesLeft=1)
+    with pytest.raises(InvalidArgument, match="invalid task"):
+        Task[Email](args={"to": "x"})
+
+
+# ---- batch logic -------------------------------------------------------------------------------
+
+
+def test_batch_of_args_uses_defaults_and_one_run_at() -> None:
+    batch = batch_of_args("q", [1, "a"], JSON)
+    assert batch.jobs == [b"1", b'"a"']
+    assert batch.max_attempts == [5, 5] and batch.priorities == [0, 0]
+    assert batch.metadata == ["{}", "{}"] and batch.idempotency_keys == [None, None]
+    assert batch.run_ats[0] == batch.run_ats[1]
+
+
+def test_batch_metadata_is_compact_json() -> None:
+    batch = batch_of_tasks("q", [Task(args=1, metadata={"reason": "t", "n": 7})], JSON)
+    assert batch.metadata == ['{"reason":"t","n":7}']
+
+
+def test_duplicate_ids_in_one_batch_are_rejected() -> None:
+    tid = str(ULID())
+    with pytest.raises(DuplicateTaskId):
+        batch_of_tasks("q", [Task(args=1, task_id=tid), Task(args=2, task_id=tid)], JSON)
+
+
+def test_non_task_items_are_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="take Task objects"):
+        batch_of_tasks("q", [{"a": 1}], JSON)  # type: ignore[list-item]
+
+
+def test_collided_keys_is_a_multiset_difference_in_given_order() -> None:
+    assert collided_keys(["a", "b", "c"], ["c", "a"]) == ["b"]
+    assert collided_keys(["a", "b"], None) == ["a", "b"]
+
+
+def test_check_inserted_names_the_collided_keys() -> None:
+    batch = batch_of_tasks(
+        "q", [Task(args=1, idempotency_key="a"), Task(args=2, idempotency_key="b")], JSON
+    )
+    check_inserted(batch, 2, ["a", "b"])
+    with pytest.raises(IdempotencyConflict) as caught:
+        check_inserted(batch, 1, ["b"])
+    assert (caught.value.queue, caught.value.keys) == ("q", ["a"])
+
+
+@pytest.mark.parametrize(
+    ("status", "autocommit", "keys", "plan"),
+    [
+        (TransactionStatus.IDLE, True, [None, None], Plan.STATEMENT),
+        (TransactionStatus.IDLE, True, ["a"], Plan.STATEMENT),
+        (TransactionStatus.IDLE, True, ["a", "b"], Plan.TRANSACTION),
+        (TransactionStatus.INTRANS, True, [None, None], Plan.SAVEPOINT_ONE_TRIP),
+        (TransactionStatus.INTRANS, False, ["a"], Plan.SAVEPOINT_ONE_TRIP),
+        (TransactionStatus.INTRANS, False, ["a", None], Plan.SAVEPOINT_TWO_TRIPS),
+        (TransactionStatus.IDLE, False, [None], Plan.SAVEPOINT_ONE_TRIP),
+        (TransactionStatus.ACTIVE, False, [None], Plan.SYNC_FIRST),
+    ],
+)
+def test_plan_follows_connection_state_and_batch_shape(
+    status: TransactionStatus, autocommit: bool, keys: list[str | None], plan: Plan
+) -> None:
+    batch = batch_of_tasks("q", [Task(args=1, idempotency_key=k) for k in keys], JSON)
+    assert plan_for(status, autocommit, batch) is plan
+
+
+@pytest.mark.parametrize("status", [TransactionStatus.INERROR, TransactionStatus.UNKNOWN])
+def test_plan_refuses_unusable_connections(status: TransactionStatus) -> None:
+    with pytest.raises(InvalidArgument):
+        plan_for(status, False, batch_of_args("q", [1], JSON))
