@@ -125,7 +125,7 @@ def test_a_custom_codec_plugs_in() -> None:
 
 def test_task_defaults_are_a_rust_producers() -> None:
     before = datetime.now(timezone.utc).replace(microsecond=0)
-    task = Task(args={"a": 1})
+    task: Task[dict[str, int]] = Task(args={"a": 1})
     assert (task.priority, task.max_attempts, task.metadata, task.idempotency_key) == (
         0,
         5,
