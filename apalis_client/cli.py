@@ -87,7 +87,11 @@ def _cmd_demo(url: str | None) -> int:
 
 # Other modules add their own subcommands: each exposes ``register(sub)``
 # (sub: argparse._SubParsersAction) and sets ``run=`` on the parsers it adds.
-_COMMAND_MODULES: tuple[str, ...] = ("apalis_client.cli_worker", "apalis_client.cli_ops")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "apalis_client.cli_worker",
+    "apalis_client.cli_ops",
+    "apalis_client.cli_push",
+)
 
 
 def add_database_url(parser: argparse.ArgumentParser) -> None:
