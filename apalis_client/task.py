@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Generic, NewType, TypeVar
 
@@ -58,7 +59,30 @@ class Task(BaseModel, Generic[Args]):
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     idempotency_key: str | None = None
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(
+        self,
+        *,
+        args: Args,
+        task_id: str | ULID | None = None,
+        run_at: datetime | int | float | None = None,
+        priority: int = 0,
+        max_attempts: int = 5,
+        metadata: Mapping[str, JsonValue] | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        # An explicit signature so type checkers infer Args from ``args`` (Task(args=x)).
+        data: dict[str, Any] = {
+            "args": args,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "idempotency_key": idempotency_key,
+        }
+        if task_id is not None:
+            data["task_id"] = task_id
+        if run_at is not None:
+            data["run_at"] = run_at
+        if metadata is not None:
+            data["metadata"] = metadata
         try:
             super().__init__(**data)
         except ValidationError as exc:
