@@ -47,6 +47,8 @@ __all__ = ["Worker", "WorkerConfig", "WorkerStats"]
 _instance_numbers = itertools.count(1)
 # Past this many pending notified ids, the runner polls instead of claiming by id.
 _MAX_NOTIFIED = 1000
+# WorkerStats keeps the first stale ids for inspection; the count is always exact.
+_MAX_STALE_IDS = 1000
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class WorkerConfig:
 
 @dataclass
 class WorkerStats:
-    """What one ``run`` did."""
+    """What one ``run`` did: counts by final status, stale acks (first 1,000 ids kept)."""
 
     claimed: int = 0
     done: int = 0
@@ -445,7 +447,8 @@ class _Run:
             else:
                 self.stats.killed += 1
         self.stats.stale += len(report.stale)
-        self.stats.stale_ids.extend(t.id for t in report.stale)
+        room = _MAX_STALE_IDS - len(self.stats.stale_ids)
+        self.stats.stale_ids.extend(t.id for t in report.stale[: max(room, 0)])
 
     async def _drain(self) -> None:
         """Let in-flight tasks finish (up to shutdown_timeout), ack everything, give up the rest."""

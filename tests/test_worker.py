@@ -258,13 +258,12 @@ def test_tasks_still_running_at_the_shutdown_timeout_are_acked_as_failed(
 def test_lost_lease_stops_claiming(kind: str, migrated_db: str) -> None:
     w = Worker("q", handler(kind, lambda n: n), conninfo=migrated_db, worker_id="w1", config=FAST)
     bg = Background(w)
-    # Make the first look dead, take its id over, and watch it notice.
-    rows(
-        migrated_db,
-        "UPDATE apalis.workers SET last_seen = now() - interval '1 hour' RETURNING id",
-    )
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
+    # Make the first look dead and take its id over in one transaction (its row lock keeps
+    # a heartbeat from slipping in between), then watch it notice.
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute(b"UPDATE apalis.workers SET last_seen = now() - interval '1 hour'")
         taker = ops.register_worker(conn, "q", "w1", orphan_threshold=FAST.orphan_threshold)
+        conn.commit()
     stats = bg.join(timeout=5)
     assert stats.lease_lost
     (tid,) = push(migrated_db, "q", [1])
