@@ -67,11 +67,11 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
             # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
             # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
-            with conn.cursor(row_factory=_ROWS) as cur:
+            with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
                 with conn.pipeline():
-                    conn.execute(_savepoint.SAVEPOINT)
+                    ctl.execute(_savepoint.SAVEPOINT, prepare=False)
                     cur.execute(gen.PUSH_TASKS_SQL, batch.params())
-                    conn.execute(_savepoint.RELEASE)
+                    ctl.execute(_savepoint.RELEASE, prepare=False)
                 row = cur.fetchone()
         else:
             with conn.pipeline():
@@ -151,11 +151,11 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
                 row = await gen_async.push_tasks(conn, **batch.params())
                 check_inserted(batch, *_outcome(row))
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
-            async with conn.cursor(row_factory=_ROWS) as cur:
+            async with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
                 async with conn.pipeline():
-                    await conn.execute(_savepoint.SAVEPOINT)
+                    await ctl.execute(_savepoint.SAVEPOINT, prepare=False)
                     await cur.execute(gen_async.PUSH_TASKS_SQL, batch.params())
-                    await conn.execute(_savepoint.RELEASE)
+                    await ctl.execute(_savepoint.RELEASE, prepare=False)
                 row = await cur.fetchone()
         else:
             async with conn.pipeline():
