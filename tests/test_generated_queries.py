@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import os
 import re
 from collections.abc import Callable, Coroutine
@@ -308,6 +309,27 @@ def test_push_tasks_idempotency_keys_are_per_queue(flavor: Flavor, migrated_db: 
     seed(migrated_db, T(key="k1"), queue="other")
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")]))
     assert (result.inserted, result.inserted_keys) == (1, ["k1"])
+
+
+def test_push_tasks_with_a_duplicate_id_fails_and_inserts_nothing(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    seed(migrated_db, T(id="A"))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(id="B"), T(id="A")]))
+    assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("A",)]
+
+
+def test_push_tasks_notifies_listeners_of_the_due_tasks_once_per_statement(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as listener:
+        listener.execute('LISTEN "apalis::job::insert"')
+        later = now() + timedelta(hours=1)
+        tasks = [T(id="A"), T(id="B"), T(id="LATER", run_at=later)]
+        call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, tasks))
+        got = [json.loads(n.payload) for n in listener.notifies(timeout=1.0)]
+    assert got == [{"job_type": Q, "ids": ["A", "B"]}]
 
 
 # --- find / row types ------------------------------------------------------------------
@@ -758,6 +780,16 @@ def test_ack_batch_with_a_lease_token_mismatch_acks_nothing(
     args = batch_args(jobs, ["Done", "Done"], "NOT-THE-TOKEN")
     assert call(flavor, "ack", "ack_batch", migrated_db, **args) == []
     assert {find(migrated_db, j.id).status for j in jobs} == {"Running"}
+
+
+def test_ack_batch_without_a_lease_token_skips_the_lease_check(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    seed(migrated_db, T(id="A"))
+    args = batch_args(claim(migrated_db), ["Done"], None)
+    rows = call(flavor, "ack", "ack_batch", migrated_db, **args)
+    assert [(r.id, r.status) for r in rows] == [("A", "Done")]
 
 
 # --- register_worker / heartbeat / deregister_worker ----------------------------------------
