@@ -329,6 +329,9 @@ class _Run:
         next_poll = 0.0  # poll at once
         errors = Backoff(self.cfg.poll_interval, max(self.cfg.max_poll_interval, 5.0))
         while True:
+            if self.in_flight and self.completed:
+                # One loop turn lets completions already queued join this ack batch.
+                await asyncio.sleep(0)
             self.wake.clear()
             try:
                 await self._flush_acks()
