@@ -352,3 +352,60 @@ def test_orphans_are_reenqueued_on_the_heartbeat_cadence(kind: str, migrated_db:
         bg.finish()
     row = task(migrated_db, tid)
     assert (row["status"], row["attempts"]) == ("Done", 2)
+
+
+def test_older_single_id_notify_form_wakes_the_worker(kind: str, migrated_db: str) -> None:
+    # A future run_at keeps the insert trigger quiet; then the task is made due and announced
+    # with the older {"job_type", "id"} payload only.
+    (tid,) = push(migrated_db, "q", [1], run_at=datetime.now(timezone.utc) + timedelta(hours=1))
+    started: list[float] = []
+
+    def mark(n: int) -> None:
+        started.append(time.monotonic())
+
+    slow_poll = WorkerConfig(poll_interval=5.0, max_poll_interval=5.0)
+    bg = Background(Worker("q", handler(kind, mark), conninfo=migrated_db, config=slow_poll))
+    try:
+        time.sleep(0.3)
+        with psycopg.connect(migrated_db) as conn:
+            conn.execute(b"UPDATE apalis.jobs SET run_at = now() - interval '1 second'")
+            conn.execute(
+                b"SELECT pg_notify('apalis::job::insert', json_build_object("
+                b"'job_type', 'q', 'id', %s::text)::text)",
+                (tid,),
+            )
+        sent = time.monotonic()
+        wait_for(lambda: bool(started), 4.0, "the handler to start")
+    finally:
+        bg.finish()
+    assert started[0] - sent < 0.5
+
+
+def test_runner_reports_a_stale_ack_and_keeps_the_newer_outcome(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"])
+    running, release = threading.Event(), threading.Event()
+
+    def blocked(x: str) -> str:
+        running.set()
+        release.wait(10)
+        return "late"
+
+    w = Worker("q", blocked, conninfo=migrated_db, worker_id="slow", config=FAST)
+    bg = Background(w)
+    try:
+        assert running.wait(5)
+        # Meanwhile the task is given back (the owner looked dead) and finished by another.
+        with psycopg.connect(migrated_db) as conn:
+            conn.execute(b"UPDATE apalis.workers SET last_seen = now() - interval '1 hour'")
+            ops.reenqueue_orphans(conn, "q", orphan_threshold=60)
+            conn.commit()
+        with psycopg.connect(migrated_db, autocommit=True) as conn:
+            other = ops.register_worker(conn, "q", "other")
+            (claimed,) = ops.claim_next(conn, other, batch=1)
+            ops.ack(conn, other, claimed, ops.Outcome.success("newer"))
+    finally:
+        release.set()
+    stats = bg.finish()
+    assert (stats.stale, stats.stale_ids, stats.done) == (1, [tid], 0)
+    row = task(migrated_db, tid)
+    assert (row["status"], row["lock_by"], row["last_result"]) == ("Done", "other", {"Ok": "newer"})
