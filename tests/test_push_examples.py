@@ -69,3 +69,18 @@ def test_fastapi_request_writes_row_and_task_together(migrated_db: str, query: Q
     rows = query(migrated_db, "SELECT id, job_type, job FROM apalis.jobs")
     assert rows == [(out[0].removeprefix("created 200 "), "welcome", b'{"to":"kim@example.com"}')]
     assert query(migrated_db, "SELECT email FROM example_fastapi_signups") == [("kim@example.com",)]
+
+
+def test_quickstart_commits_rolls_back_and_handles_a_conflict(
+    migrated_db: str, query: Query
+) -> None:
+    out = run_example("outbox_quickstart.py", migrated_db)
+    task_id = out[0].removeprefix("committed ")
+    assert out[1:] == ["rolled back bob", "already queued: ['welcome:cy']", "tasks (2,)"]
+    assert query(migrated_db, "SELECT email FROM users ORDER BY email") == [
+        ("ada@example.com",),
+        ("cy@example.com",),
+    ]
+    rows = query(migrated_db, "SELECT id, job FROM apalis.jobs ORDER BY id")
+    assert rows[0] == (task_id, b'{"to":"ada@example.com"}')
+    assert rows[1][1] == b'{"to":"cy@example.com"}'
