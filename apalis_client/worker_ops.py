@@ -272,7 +272,11 @@ def claim_next(conn: psycopg.Connection[Any], lease: Lease, *, batch: int) -> li
     """Claim up to ``batch`` claimable tasks of the lease's queue, straight to Running."""
     with database_errors("claim tasks"):
         return lock.claim_next(
-            conn, queue=lease.queue, batch=_check_batch(batch), worker_id=lease.worker_id
+            conn,
+            queue=lease.queue,
+            batch=_check_batch(batch),
+            worker_id=lease.worker_id,
+            lease_token=lease.lease_token,
         )
 
 
@@ -287,13 +291,20 @@ def claim_by_ids(
             queue=lease.queue,
             batch=_check_batch(batch),
             worker_id=lease.worker_id,
+            lease_token=lease.lease_token,
         )
 
 
 def lock_task(conn: psycopg.Connection[Any], lease: Lease, task_id: str) -> Job | None:
     """Lock one task by id (idempotent for this worker); None when it is not claimable."""
     with database_errors("lock task"):
-        return lock.lock_task(conn, id=task_id, queue=lease.queue, worker_id=lease.worker_id)
+        return lock.lock_task(
+            conn,
+            id=task_id,
+            queue=lease.queue,
+            worker_id=lease.worker_id,
+            lease_token=lease.lease_token,
+        )
 
 
 def ack(conn: psycopg.Connection[Any], lease: Lease | None, task: Job, outcome: Outcome) -> None:
@@ -384,7 +395,11 @@ async def claim_next_async(
     """Async twin of :func:`claim_next`."""
     with database_errors("claim tasks"):
         return await lock_async.claim_next(
-            conn, queue=lease.queue, batch=_check_batch(batch), worker_id=lease.worker_id
+            conn,
+            queue=lease.queue,
+            batch=_check_batch(batch),
+            worker_id=lease.worker_id,
+            lease_token=lease.lease_token,
         )
 
 
@@ -399,6 +414,7 @@ async def claim_by_ids_async(
             queue=lease.queue,
             batch=_check_batch(batch),
             worker_id=lease.worker_id,
+            lease_token=lease.lease_token,
         )
 
 
@@ -408,7 +424,11 @@ async def lock_task_async(
     """Async twin of :func:`lock_task`."""
     with database_errors("lock task"):
         return await lock_async.lock_task(
-            conn, id=task_id, queue=lease.queue, worker_id=lease.worker_id
+            conn,
+            id=task_id,
+            queue=lease.queue,
+            worker_id=lease.worker_id,
+            lease_token=lease.lease_token,
         )
 
 

@@ -119,7 +119,7 @@ def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
         for _ in range(spec["tasks"] + 2):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"raw loop: {done} tasks after {spec['timeout']} s")
-            rows = conn.execute(claim, {"queue": QUEUE, "batch": 10, "worker_id": worker_id})
+            rows = conn.execute(claim, {**guard, "batch": 10})
             jobs = rows.fetchall()
             if not jobs:
                 break

@@ -172,7 +172,7 @@ def sync_pairs(conn: psycopg.Connection[Any]) -> list[Pair]:
     find_params = {"id": TASK_ID}
     # The same worker locking its own row again is idempotent (keeps lock_at), so every
     # call does the same UPDATE ... RETURNING of one row.
-    lock_params = {"id": TASK_ID, "queue": QUEUE, "worker_id": WORKER}
+    lock_params = {"id": TASK_ID, "queue": QUEUE, "worker_id": WORKER, "lease_token": None}
 
     def gen_find(n: int) -> None:
         for _ in range(n):
@@ -188,7 +188,7 @@ def sync_pairs(conn: psycopg.Connection[Any]) -> list[Pair]:
 
     def gen_lock(n: int) -> None:
         for _ in range(n):
-            lock.lock_task(conn, id=TASK_ID, queue=QUEUE, worker_id=WORKER)
+            lock.lock_task(conn, id=TASK_ID, queue=QUEUE, worker_id=WORKER, lease_token=None)
 
     def raw_lock(n: int) -> None:
         for _ in range(n):

@@ -1,6 +1,8 @@
 -- name: claim_next :many
 -- Claim up to @batch claimable tasks of a queue for a worker, straight to
 -- Running, in claim order (priority first, then earliest run_at, then id).
+-- A worker holding a lease claims nothing once the lease was taken over.
+-- nullable: lease_token
 WITH next_jobs AS (
     SELECT c.id
       FROM apalis.jobs AS c
@@ -8,6 +10,16 @@ WITH next_jobs AS (
        AND c.status IN ('Pending', 'Failed')
        AND c.attempts < c.max_attempts
        AND c.run_at <= now()
+       AND (
+            @lease_token::text IS NULL
+            OR EXISTS (
+                SELECT 1
+                  FROM apalis.workers AS w
+                 WHERE w.id = @worker_id
+                   AND w.worker_type = @queue
+                   AND w.lease_token = @lease_token::text
+            )
+       )
      ORDER BY c.priority DESC, c.run_at ASC, c.id
      LIMIT @batch
        FOR UPDATE SKIP LOCKED
@@ -27,6 +39,7 @@ SELECT * FROM claimed
 -- name: claim_by_ids :many
 -- Claim the claimable tasks among @ids (a NOTIFY wake-up), the same way as
 -- claim_next; ids already taken, not yet due or unknown are left alone.
+-- nullable: lease_token
 WITH next_jobs AS (
     SELECT c.id
       FROM apalis.jobs AS c
@@ -35,6 +48,16 @@ WITH next_jobs AS (
        AND c.status IN ('Pending', 'Failed')
        AND c.attempts < c.max_attempts
        AND c.run_at <= now()
+       AND (
+            @lease_token::text IS NULL
+            OR EXISTS (
+                SELECT 1
+                  FROM apalis.workers AS w
+                 WHERE w.id = @worker_id
+                   AND w.worker_type = @queue
+                   AND w.lease_token = @lease_token::text
+            )
+       )
      ORDER BY c.priority DESC, c.run_at ASC, c.id
      LIMIT @batch
        FOR UPDATE SKIP LOCKED
@@ -54,7 +77,9 @@ SELECT * FROM claimed
 -- name: lock_task :one
 -- Lock one task by id for a worker. Idempotent for the same worker: a row it
 -- already holds keeps its lock_at. Returns nothing when the task is not
--- claimable (finished, out of attempts, or held by another worker).
+-- claimable (finished, out of attempts, or held by another worker), or when
+-- the worker's lease was taken over.
+-- nullable: lease_token
 UPDATE apalis.jobs AS j
    SET status = 'Running',
        lock_by = @worker_id,
@@ -68,5 +93,15 @@ UPDATE apalis.jobs AS j
    AND (
         (j.status IN ('Pending', 'Failed') AND j.attempts < j.max_attempts)
         OR (j.status IN ('Queued', 'Running') AND j.lock_by = @worker_id)
+   )
+   AND (
+        @lease_token::text IS NULL
+        OR EXISTS (
+            SELECT 1
+              FROM apalis.workers AS w
+             WHERE w.id = @worker_id
+               AND w.worker_type = @queue
+               AND w.lease_token = @lease_token::text
+        )
    )
 RETURNING j.*;

@@ -175,7 +175,7 @@ def register(url: str, worker: str = W, queue: str = Q) -> str:
 
 def claim(url: str, worker: str = W, queue: str = Q, batch: int = 10) -> list[Job]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return lock.claim_next(conn, queue=queue, batch=batch, worker_id=worker)
+        return lock.claim_next(conn, queue=queue, batch=batch, worker_id=worker, lease_token=None)
 
 
 def find(url: str, task_id: str) -> Job:
@@ -387,10 +387,20 @@ def test_sqlc_rejected_claim_statements_generate_and_run(flavor: Flavor, migrate
     register(migrated_db)
     seed(migrated_db, T(id="X", priority=1), T(id="Y", priority=2), T(id="Z"))
     by_ids = call(
-        flavor, "lock", "claim_by_ids", migrated_db, ids=["X", "Z"], queue=Q, batch=5, worker_id=W
+        flavor,
+        "lock",
+        "claim_by_ids",
+        migrated_db,
+        ids=["X", "Z"],
+        queue=Q,
+        batch=5,
+        worker_id=W,
+        lease_token=None,
     )
     assert [j.id for j in by_ids] == ["X", "Z"]
-    nxt = call(flavor, "lock", "claim_next", migrated_db, queue=Q, batch=5, worker_id=W)
+    nxt = call(
+        flavor, "lock", "claim_next", migrated_db, queue=Q, batch=5, worker_id=W, lease_token=None
+    )
     assert [j.id for j in nxt] == ["Y"]
     assert all(type(j) is Job for j in [*by_ids, *nxt])
 
@@ -401,7 +411,9 @@ def test_claim_next_returns_tasks_by_priority_desc_then_run_at_then_id(
     register(migrated_db)
     tasks, order = ordered_tasks()
     seed(migrated_db, *tasks)
-    jobs = call(flavor, "lock", "claim_next", migrated_db, queue=Q, batch=10, worker_id=W)
+    jobs = call(
+        flavor, "lock", "claim_next", migrated_db, queue=Q, batch=10, worker_id=W, lease_token=None
+    )
     assert [j.id for j in jobs] == order
 
 
@@ -411,7 +423,9 @@ def test_claim_next_with_a_small_batch_takes_the_first_tasks_in_claim_order(
     register(migrated_db)
     tasks, order = ordered_tasks()
     seed(migrated_db, *tasks)
-    jobs = call(flavor, "lock", "claim_next", migrated_db, queue=Q, batch=2, worker_id=W)
+    jobs = call(
+        flavor, "lock", "claim_next", migrated_db, queue=Q, batch=2, worker_id=W, lease_token=None
+    )
     assert [j.id for j in jobs] == order[:2]
     pending = sql(migrated_db, "SELECT id FROM apalis.jobs WHERE status = 'Pending' ORDER BY id")
     assert [r[0] for r in pending] == sorted(order[2:])
@@ -424,7 +438,9 @@ def test_claim_next_moves_straight_to_running_with_whole_second_lock_and_no_done
     job, _ = claimed_task(migrated_db)
     assert ack_sync(migrated_db, job, "Failed", {"Err": "boom"}) == 1
     assert find(migrated_db, job.id).done_at is not None
-    (again,) = call(flavor, "lock", "claim_next", migrated_db, queue=Q, batch=10, worker_id=W)
+    (again,) = call(
+        flavor, "lock", "claim_next", migrated_db, queue=Q, batch=10, worker_id=W, lease_token=None
+    )
     assert (again.id, again.status, again.lock_by, again.done_at) == (job.id, "Running", W, None)
     assert again.lock_at is not None
     assert again.lock_at.microsecond == 0
@@ -485,7 +501,19 @@ def test_claim_next_leaves_unclaimable_tasks_alone(
     (task_id,) = seed(migrated_db, T())
     UNCLAIMABLE[state](migrated_db, task_id)
     before = find(migrated_db, task_id)
-    assert call(flavor, "lock", "claim_next", migrated_db, queue=Q, batch=10, worker_id=W) == []
+    assert (
+        call(
+            flavor,
+            "lock",
+            "claim_next",
+            migrated_db,
+            queue=Q,
+            batch=10,
+            worker_id=W,
+            lease_token=None,
+        )
+        == []
+    )
     assert find(migrated_db, task_id) == before
 
 
@@ -498,7 +526,9 @@ def test_claim_next_skips_rows_locked_by_another_transaction(
     url = make_conninfo(migrated_db, options="-c lock_timeout=5000")
     with psycopg.connect(migrated_db) as holder:
         holder.execute("SELECT 1 FROM apalis.jobs WHERE id = 'A' FOR UPDATE")
-        jobs = call(flavor, "lock", "claim_next", url, queue=Q, batch=10, worker_id=W)
+        jobs = call(
+            flavor, "lock", "claim_next", url, queue=Q, batch=10, worker_id=W, lease_token=None
+        )
         assert [j.id for j in jobs] == ["B"]
         holder.rollback()
     assert find(migrated_db, "A").status == "Pending"
@@ -507,7 +537,16 @@ def test_claim_next_skips_rows_locked_by_another_transaction(
 def test_claim_next_requires_a_registered_worker(flavor: Flavor, migrated_db: str) -> None:
     seed(migrated_db, T())
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        call(flavor, "lock", "claim_next", migrated_db, queue=Q, batch=10, worker_id="ghost")
+        call(
+            flavor,
+            "lock",
+            "claim_next",
+            migrated_db,
+            queue=Q,
+            batch=10,
+            worker_id="ghost",
+            lease_token=None,
+        )
 
 
 # --- claim_by_ids --------------------------------------------------------------------------
@@ -527,6 +566,7 @@ def test_claim_by_ids_claims_only_listed_claimable_tasks_in_claim_order(
         queue=Q,
         batch=10,
         worker_id=W,
+        lease_token=None,
     )
     assert [j.id for j in jobs] == ["B", "A", "D"]
     assert {j.status for j in jobs} == {"Running"}
@@ -544,7 +584,15 @@ def test_claim_by_ids_ignores_unknown_taken_not_due_and_foreign_ids(
     seed(migrated_db, T(id="FOREIGN"), queue="other")
     ids = ["OK", "TAKEN", "LATER", "FOREIGN", "UNKNOWN"]
     jobs = call(
-        flavor, "lock", "claim_by_ids", migrated_db, ids=ids, queue=Q, batch=10, worker_id=W
+        flavor,
+        "lock",
+        "claim_by_ids",
+        migrated_db,
+        ids=ids,
+        queue=Q,
+        batch=10,
+        worker_id=W,
+        lease_token=None,
     )
     assert [j.id for j in jobs] == ["OK"]
     assert find(migrated_db, "TAKEN").lock_by == "w2"
@@ -562,6 +610,7 @@ def test_claim_by_ids_respects_the_batch_limit(flavor: Flavor, migrated_db: str)
         queue=Q,
         batch=2,
         worker_id=W,
+        lease_token=None,
     )
     assert [j.id for j in jobs] == ["A", "B"]
 
@@ -572,7 +621,9 @@ def test_claim_by_ids_respects_the_batch_limit(flavor: Flavor, migrated_db: str)
 def test_lock_task_locks_a_pending_task_to_running(flavor: Flavor, migrated_db: str) -> None:
     register(migrated_db)
     (task_id,) = seed(migrated_db, T())
-    job = call(flavor, "lock", "lock_task", migrated_db, id=task_id, queue=Q, worker_id=W)
+    job = call(
+        flavor, "lock", "lock_task", migrated_db, id=task_id, queue=Q, worker_id=W, lease_token=None
+    )
     assert type(job) is Job
     assert (job.status, job.lock_by, job.done_at) == ("Running", W, None)
     assert job.lock_at is not None
@@ -590,7 +641,9 @@ def test_lock_task_is_idempotent_for_the_same_worker_and_keeps_lock_at(
         " WHERE id = %s RETURNING lock_at",
         (job.id,),
     )[0][0]
-    again = call(flavor, "lock", "lock_task", migrated_db, id=job.id, queue=Q, worker_id=W)
+    again = call(
+        flavor, "lock", "lock_task", migrated_db, id=job.id, queue=Q, worker_id=W, lease_token=None
+    )
     assert (again.status, again.lock_by, again.lock_at, again.attempts) == ("Running", W, old, 0)
 
 
@@ -599,7 +652,17 @@ def test_lock_task_refuses_a_task_held_by_another_worker(flavor: Flavor, migrate
     register(migrated_db, "w2")
     before = find(migrated_db, job.id)
     assert (
-        call(flavor, "lock", "lock_task", migrated_db, id=job.id, queue=Q, worker_id="w2") is None
+        call(
+            flavor,
+            "lock",
+            "lock_task",
+            migrated_db,
+            id=job.id,
+            queue=Q,
+            worker_id="w2",
+            lease_token=None,
+        )
+        is None
     )
     assert find(migrated_db, job.id) == before
 
@@ -614,7 +677,19 @@ def test_lock_task_refuses_finished_exhausted_or_foreign_tasks(
     (task_id,) = seed(migrated_db, T())
     UNCLAIMABLE[state](migrated_db, task_id)
     before = find(migrated_db, task_id)
-    assert call(flavor, "lock", "lock_task", migrated_db, id=task_id, queue=Q, worker_id=W) is None
+    assert (
+        call(
+            flavor,
+            "lock",
+            "lock_task",
+            migrated_db,
+            id=task_id,
+            queue=Q,
+            worker_id=W,
+            lease_token=None,
+        )
+        is None
+    )
     assert find(migrated_db, task_id) == before
 
 
@@ -623,7 +698,9 @@ def test_lock_task_does_not_wait_for_run_at(flavor: Flavor, migrated_db: str) ->
     # run_at predicate (CONTRACT.md does not say either way; see the report to the lead).
     register(migrated_db)
     (task_id,) = seed(migrated_db, T(run_at=now() + timedelta(hours=1)))
-    job = call(flavor, "lock", "lock_task", migrated_db, id=task_id, queue=Q, worker_id=W)
+    job = call(
+        flavor, "lock", "lock_task", migrated_db, id=task_id, queue=Q, worker_id=W, lease_token=None
+    )
     assert job is not None
     assert job.status == "Running"
 
@@ -1315,4 +1392,22 @@ def test_triggers_report_the_notify_workers_shape(flavor: Flavor, migrated_db: s
             "new_table": "new_jobs",
             "function": "apalis.notify_new_jobs",
         }
+    ]
+
+
+def test_claims_refuse_a_worker_whose_lease_was_taken_over(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    old_token = register(migrated_db)
+    seed(migrated_db, T(id="A"))
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("UPDATE apalis.workers SET lease_token = 'someone-else' WHERE id = %s", (W,))
+    common = {"queue": Q, "worker_id": W, "lease_token": old_token}
+    assert call(flavor, "lock", "claim_next", migrated_db, batch=10, **common) == []
+    assert call(flavor, "lock", "claim_by_ids", migrated_db, ids=["A"], batch=10, **common) == []
+    assert call(flavor, "lock", "lock_task", migrated_db, id="A", **common) is None
+    assert find(migrated_db, "A").status == "Pending"
+    fresh = {**common, "lease_token": "someone-else"}
+    assert [j.id for j in call(flavor, "lock", "claim_next", migrated_db, batch=10, **fresh)] == [
+        "A"
     ]

@@ -422,8 +422,8 @@ def test_future_run_at_is_not_claimable_before_it(migrated_db: str, open_session
             lease_token=str(ULID()),
             orphan_threshold_secs=300.0,
         )
-        claimed = lock.claim_next(conn, queue="sched", batch=10, worker_id="w1")
-        again = lock.claim_next(conn, queue="sched", batch=10, worker_id="w1")
+        claimed = lock.claim_next(conn, queue="sched", batch=10, worker_id="w1", lease_token=None)
+        again = lock.claim_next(conn, queue="sched", batch=10, worker_id="w1", lease_token=None)
     assert [j.id for j in claimed] == [due]
     assert again == []
     assert later not in [j.id for j in claimed]
