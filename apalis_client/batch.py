@@ -54,6 +54,19 @@ class Batch:
             "idempotency_keys": self.idempotency_keys,
         }
 
+    def single_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``push_task`` for a batch of exactly one task."""
+        return {
+            "job": self.jobs[0],
+            "id": self.ids[0],
+            "queue": self.queue,
+            "max_attempts": self.max_attempts[0],
+            "run_at": self.run_ats[0],
+            "priority": self.priorities[0],
+            "metadata": self.metadata[0],
+            "idempotency_key": self.idempotency_keys[0],
+        }
+
     @property
     def all_or_nothing(self) -> bool:
         """True when one INSERT cannot write part of the batch.
@@ -127,6 +140,22 @@ def batch_of_tasks(queue: str, tasks: Iterable[Task[Args]], codec: Codec[Args]) 
         # The INSERT would keep the first and skip the rest: an idempotency conflict.
         raise IdempotencyConflict(batch.queue, [k for k, n in Counter(batch.keys).items() if n > 1])
     return batch
+
+
+def single_outcome(batch: Batch, inserted: int) -> tuple[int, list[str]]:
+    """``push_task``'s row count in the shape :func:`check_inserted` takes."""
+    return inserted, batch.keys if inserted else []
+
+
+def one_message(plan: Plan, batch: Batch, in_pipeline: bool) -> bool:
+    """Whether a savepoint push can go as one simple-protocol message.
+
+    ``SAVEPOINT; INSERT; RELEASE`` in a single Query message is one round trip and one
+    parse on the server, cheaper than three pipelined extended-protocol statements. It needs
+    a batch of one (the row count alone tells the outcome) and no open pipeline, which only
+    speaks the extended protocol.
+    """
+    return plan is Plan.SAVEPOINT_ONE_TRIP and len(batch.ids) == 1 and not in_pipeline
 
 
 def collided_keys(given: list[str], inserted: list[str] | None) -> list[str]:

@@ -11,10 +11,10 @@ connection the batch commits on its own, all or nothing. NOTIFY reaches workers 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import kwargs_row
 
 from apalis_client import _savepoint
@@ -25,7 +25,9 @@ from apalis_client.batch import (
     batch_of_args,
     batch_of_tasks,
     check_inserted,
+    one_message,
     plan_for,
+    single_outcome,
 )
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import translate_error
@@ -38,6 +40,23 @@ Args = TypeVar("Args")
 
 _ROWS = kwargs_row(PushTasksRow.model_construct)
 _SAVEPOINT_PLANS = (Plan.SAVEPOINT_ONE_TRIP, Plan.SAVEPOINT_TWO_TRIPS)
+
+
+# A batch of one inside a transaction: SAVEPOINT, the single-row INSERT and RELEASE as one
+# simple-protocol message (client-side binding): one round trip and one server parse. If the
+# INSERT fails, the server skips the RELEASE and the savepoint is rolled back to below.
+_ONE_MESSAGE: Final = b"; ".join(
+    (_savepoint.SAVEPOINT, gen.PUSH_TASK_SQL.strip().encode(), _savepoint.RELEASE)
+)
+
+
+def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return conn.pgconn.pipeline_status != PipelineStatus.OFF
+
+
+def _single_row(batch: Batch, inserted: int) -> PushTasksRow:
+    count, keys = single_outcome(batch, inserted)
+    return PushTasksRow.model_construct(inserted=count, inserted_keys=keys)
 
 
 def _outcome(row: PushTasksRow | None) -> tuple[int | None, list[str] | None]:
@@ -56,9 +75,18 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         with conn.pipeline() as pipeline:
             pipeline.sync()
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    row: PushTasksRow | None
     try:
-        if plan is Plan.STATEMENT:
+        if plan is Plan.STATEMENT and len(batch.ids) == 1:
+            single = gen.push_task(conn, **batch.single_params())
+            row = _single_row(batch, 1 if single else 0)
+        elif plan is Plan.STATEMENT:
             row = gen.push_tasks(conn, **batch.params())
+        elif one_message(plan, batch, _in_pipeline(conn)):
+            with psycopg.ClientCursor(conn) as cur:
+                cur.execute(_ONE_MESSAGE, batch.single_params())
+                cur.nextset()  # SAVEPOINT's result, then the INSERT's
+                row = _single_row(batch, cur.rowcount)
         elif plan is Plan.TRANSACTION:
             with conn.transaction():
                 row = gen.push_tasks(conn, **batch.params())
@@ -143,9 +171,18 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         async with conn.pipeline() as pipeline:
             await pipeline.sync()
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    row: PushTasksRow | None
     try:
-        if plan is Plan.STATEMENT:
+        if plan is Plan.STATEMENT and len(batch.ids) == 1:
+            single = await gen_async.push_task(conn, **batch.single_params())
+            row = _single_row(batch, 1 if single else 0)
+        elif plan is Plan.STATEMENT:
             row = await gen_async.push_tasks(conn, **batch.params())
+        elif one_message(plan, batch, _in_pipeline(conn)):
+            async with psycopg.AsyncClientCursor(conn) as cur:
+                await cur.execute(_ONE_MESSAGE, batch.single_params())
+                cur.nextset()  # SAVEPOINT's result, then the INSERT's
+                row = _single_row(batch, cur.rowcount)
         elif plan is Plan.TRANSACTION:
             async with conn.transaction():
                 row = await gen_async.push_tasks(conn, **batch.params())

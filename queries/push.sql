@@ -26,3 +26,18 @@ WITH inserted AS (
 SELECT count(*)::int4 AS inserted,
        array_agg(idempotency_key) FILTER (WHERE idempotency_key IS NOT NULL) AS inserted_keys
   FROM inserted;
+
+-- name: push_task :one
+-- Insert one Pending task: a batch of one, without push_tasks' arrays and
+-- count. Returns its id, or nothing when its (queue, idempotency key) exists.
+-- nullable: idempotency_key
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
+    idempotency_key
+)
+VALUES (
+    @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority, @metadata::text::jsonb,
+    @idempotency_key
+)
+ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id;
