@@ -305,6 +305,46 @@ def test_push_tasks_with_a_colliding_key_counts_and_names_only_the_inserted_keys
     assert sql(migrated_db, "SELECT id FROM apalis.jobs ORDER BY id") == [("B",), ("C",), ("OLD",)]
 
 
+def one_task_args(task: T, queue: str = Q) -> dict[str, object]:
+    return {
+        "job": task.payload,
+        "id": task.id,
+        "queue": queue,
+        "max_attempts": task.max_attempts,
+        "run_at": task.run_at,
+        "priority": task.priority,
+        "metadata": task.metadata,
+        "idempotency_key": task.key,
+    }
+
+
+def test_push_task_inserts_one_pending_row_and_returns_its_id(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    task = T(payload=b"{}", max_attempts=2, run_at=run_at, priority=4, metadata='{"n": 7}')
+    row = call(flavor, "push", "push_task", migrated_db, **one_task_args(task))
+    assert row is not None and row.id == task.id
+    job = find(migrated_db, task.id)
+    assert (job.status, job.attempts, job.max_attempts, job.run_at, job.priority) == (
+        "Pending",
+        0,
+        2,
+        run_at,
+        4,
+    )
+    assert job.metadata == {"n": 7}
+
+
+def test_push_task_with_a_colliding_key_returns_nothing_and_inserts_nothing(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    seed(migrated_db, T(id="OLD", key="k1"))
+    row = call(flavor, "push", "push_task", migrated_db, **one_task_args(T(id="NEW", key="k1")))
+    assert row is None
+    assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("OLD",)]
+
+
 def test_push_tasks_idempotency_keys_are_per_queue(flavor: Flavor, migrated_db: str) -> None:
     seed(migrated_db, T(key="k1"), queue="other")
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")]))
