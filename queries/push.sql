@@ -36,8 +36,8 @@ INSERT INTO apalis.jobs (
     idempotency_key
 )
 VALUES (
-    @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority, @metadata::text::jsonb,
-    @idempotency_key
+    @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority,
+    @metadata::text::jsonb, @idempotency_key
 )
 ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;

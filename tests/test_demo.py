@@ -17,8 +17,7 @@ def test_demo_commits_rolls_back_handles_a_conflict_and_drains_the_queue(
     assert out[6] == "worker: 1 done, 1 killed, 0 failed; stopped once the queue was idle"
     rows = query(
         empty_db,
-        "SELECT status, attempts, last_result->>'Err' IS NOT NULL FROM apalis.jobs "
-        "ORDER BY status",
+        "SELECT status, attempts, last_result->>'Err' IS NOT NULL FROM apalis.jobs ORDER BY status",
     )
     assert rows == [("Done", 1, False), ("Killed", 1, True)]
     assert query(empty_db, "SELECT count(*) FROM demo_orders") == [(2,)]
