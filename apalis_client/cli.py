@@ -36,11 +36,11 @@ def _redact(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _database(url: str | None) -> Iterator[str]:
+def database_or_throwaway(url: str | None) -> Iterator[str]:
+    """``url`` itself, or (none configured) a throwaway server found as the tests find one."""
     if url:
         yield url
         return
-    # No database configured: start a throwaway one, as the tests do.
     from apalis_codegen.pgfind import find_postgres
 
     with find_postgres() as server:
@@ -68,7 +68,7 @@ def _cmd_verify(url: str) -> int:
 
 
 def _cmd_demo(url: str | None) -> int:
-    with _database(url) as db, connect(db) as conn:
+    with database_or_throwaway(url) as db, connect(db) as conn:
         report = migrate(conn)
         print(
             f"migrate: applied {report.applied or 'nothing'}; "

@@ -10,10 +10,8 @@ worker that drains the queue and prints what each task left behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 
 import psycopg
 from pydantic import BaseModel
@@ -28,6 +26,7 @@ from apalis_client import (
     migrate,
     verify_schema,
 )
+from apalis_client.cli import database_or_throwaway
 from apalis_client.cli_ops import format_table
 from apalis_generated import admin
 
@@ -49,19 +48,6 @@ def send_receipt(receipt: SendReceipt) -> dict[str, str]:
     if "@" not in receipt.email:
         raise ValueError(f"cannot send to {receipt.email!r}")
     return {"sent_to": receipt.email}
-
-
-@contextlib.contextmanager
-def database(url: str | None) -> Iterator[str]:
-    """The given database, or a throwaway one on a server found like the tests find theirs."""
-    if url:
-        yield url
-        return
-    from apalis_codegen.pgfind import find_postgres
-
-    with find_postgres() as server:
-        print(f"using a throwaway PostgreSQL ({server.source})")
-        yield server.url
 
 
 def outbox(conn: psycopg.Connection[object], run: str) -> None:
@@ -105,7 +91,7 @@ def outbox(conn: psycopg.Connection[object], run: str) -> None:
 def main(url: str | None) -> None:
     """Run the demo on ``url`` or on a throwaway server."""
     run = str(ULID())[-6:].lower()
-    with database(url) as db:
+    with database_or_throwaway(url) as db:
         with psycopg.connect(db, autocommit=True) as conn:
             report = migrate(conn)
             print(f"migrate: applied {report.applied or 'nothing (up to date)'}")
