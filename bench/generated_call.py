@@ -1,15 +1,14 @@
 """Per-call cost of one generated ``:one`` call against the same SQL run directly through psycopg.
 
-Usage: .venv/bin/python bench/generated_call.py [--rounds 20] [--calls 2000] [--database-url URL]
+Usage: .venv/bin/python bench/generated_call.py [--calls 20000] [--database-url URL]
 
 Both sides run in this process on the same connection, with the same SQL text (the
 generated module's ``*_SQL`` constant), so they share psycopg's prepared statement and
-the server does identical work. Rounds are interleaved (the order of the cases alternates
-each round) after an untimed warm-up, so drift in the machine's load hits both sides
-alike. Per round the figure is µs per call; the table gives the median and the range
-(min–max) over rounds, and the generated/raw ratio of medians with the range of the
-per-round paired ratios. A last section times the I/O-free part alone (building the
-pydantic model from a fetched row) to show where the difference comes from.
+the server does identical work. The two sides alternate call by call (the order flips
+each time) after an untimed warm-up, so drift in the machine's load hits both alike; the
+table gives the median and the p10–p90 spread of µs per call, and the ratio of medians.
+A last section times the I/O-free part alone (building the pydantic model from a fetched
+row) to show where the difference comes from.
 
 The database is a scratch one created (and dropped) on the server at --database-url.
 Writes run with synchronous_commit off, so a WAL flush per call does not drown the
@@ -25,7 +24,7 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import RowMaker, kwargs_row, tuple_row
+from psycopg.rows import kwargs_row, tuple_row
 
 import apalis_client
 from apalis_generated import admin, admin_async, keep_alive, lock, push
@@ -91,81 +90,31 @@ def prepare(url: str) -> None:
         )
 
 
-# --- Prototype of the proposed generator change (see the report); NOT the generated code. ---
-# What queries.py.j2/models.py.j2 would emit once `SELECT *`/`RETURNING *` are expanded to
-# explicit columns at generation time: the column order is then fixed by the SQL text, so
-# the row factory needs no per-execute work and the maker unpacks by position.
-_JOB_FIELDS_SET: set[str] = set(Job.model_fields)
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _make_job(values: Sequence[Any]) -> Job:
-    (
-        job,
-        id_,
-        job_type,
-        status,
-        attempts,
-        max_attempts,
-        run_at,
-        last_result,
-        lock_at,
-        lock_by,
-        done_at,
-        priority,
-        metadata_,
-        idempotency_key,
-    ) = values
-    row = _new(Job)
-    _set(
-        row,
-        "__dict__",
-        {
-            "job": job,
-            "id": id_,
-            "job_type": job_type,
-            "status": status,
-            "attempts": attempts,
-            "max_attempts": max_attempts,
-            "run_at": run_at,
-            "last_result": last_result,
-            "lock_at": lock_at,
-            "lock_by": lock_by,
-            "done_at": done_at,
-            "priority": priority,
-            "metadata": metadata_,
-            "idempotency_key": idempotency_key,
-        },
-    )
-    _set(row, "__pydantic_fields_set__", _JOB_FIELDS_SET)
-    _set(row, "__pydantic_extra__", None)
-    _set(row, "__pydantic_private__", None)
-    return row
-
-
-def _job_rows(cursor: Any) -> RowMaker[Job]:
-    return _make_job
-
-
-def proposed_find_task(conn: psycopg.Connection[Any], *, id: str) -> Job | None:
-    params: dict[str, Any] = {"id": id}
-    with conn.cursor(row_factory=_job_rows) as cur:
-        cur.execute(admin.FIND_TASK_SQL, params)
-        return cur.fetchone()
-
-
-@dataclass
-class Case:
-    name: str
-    run: Callable[[int], None]  # runs n calls
+One = Callable[[], object]
 
 
 @dataclass
 class Pair:
     label: str
-    generated: Case
-    raw: Case
+    samples: Callable[[int], tuple[list[float], list[float]]]  # n calls each: (gen, raw) µs
+
+
+def alternate(gen: One, raw: One, n: int) -> tuple[list[float], list[float]]:
+    """Time ``n`` calls of each side, alternating call by call (the order flips each time),
+    so any drift in the machine's load hits both sides alike."""
+    g: list[float] = []
+    r: list[float] = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        first, second, first_out, second_out = (gen, raw, g, r) if i % 2 else (raw, gen, r, g)
+        t0 = clock()
+        first()
+        t1 = clock()
+        second()
+        t2 = clock()
+        first_out.append((t1 - t0) / 1000)
+        second_out.append((t2 - t1) / 1000)
+    return g, r
 
 
 def sync_pairs(conn: psycopg.Connection[Any]) -> list[Pair]:
@@ -174,81 +123,59 @@ def sync_pairs(conn: psycopg.Connection[Any]) -> list[Pair]:
     # call does the same UPDATE ... RETURNING of one row.
     lock_params = {"id": TASK_ID, "queue": QUEUE, "worker_id": WORKER, "lease_token": None}
 
-    def gen_find(n: int) -> None:
-        for _ in range(n):
-            admin.find_task(conn, id=TASK_ID)
+    def gen_find() -> object:
+        return admin.find_task(conn, id=TASK_ID)
 
-    def raw_find(n: int) -> None:
-        for _ in range(n):
-            conn.execute(admin.FIND_TASK_SQL, find_params).fetchone()
+    def raw_find() -> object:
+        return conn.execute(admin.FIND_TASK_SQL, find_params).fetchone()
 
-    def proto_find(n: int) -> None:
-        for _ in range(n):
-            proposed_find_task(conn, id=TASK_ID)
+    def gen_lock() -> object:
+        return lock.lock_task(conn, id=TASK_ID, queue=QUEUE, worker_id=WORKER, lease_token=None)
 
-    def gen_lock(n: int) -> None:
-        for _ in range(n):
-            lock.lock_task(conn, id=TASK_ID, queue=QUEUE, worker_id=WORKER, lease_token=None)
-
-    def raw_lock(n: int) -> None:
-        for _ in range(n):
-            conn.execute(lock.LOCK_TASK_SQL, lock_params).fetchone()
+    def raw_lock() -> object:
+        return conn.execute(lock.LOCK_TASK_SQL, lock_params).fetchone()
 
     return [
-        Pair(
-            "find_task (SELECT, sync)",
-            Case("generated admin.find_task", gen_find),
-            Case("raw conn.execute(FIND_TASK_SQL).fetchone()", raw_find),
-        ),
-        Pair(
-            "find_task (SELECT, sync): prototype of the proposed change, not generated",
-            Case("prototype find_task", proto_find),
-            Case("raw conn.execute(FIND_TASK_SQL).fetchone()", raw_find),
-        ),
-        Pair(
-            "lock_task (UPDATE … RETURNING, sync)",
-            Case("generated lock.lock_task", gen_lock),
-            Case("raw conn.execute(LOCK_TASK_SQL).fetchone()", raw_lock),
-        ),
+        Pair("find_task (SELECT, sync)", lambda n: alternate(gen_find, raw_find, n)),
+        Pair("lock_task (UPDATE … RETURNING, sync)", lambda n: alternate(gen_lock, raw_lock, n)),
     ]
 
 
 def async_pair(aconn: psycopg.AsyncConnection[Any], loop: asyncio.AbstractEventLoop) -> Pair:
     find_params = {"id": TASK_ID}
 
-    async def gen(n: int) -> None:
-        for _ in range(n):
-            await admin_async.find_task(aconn, id=TASK_ID)
+    async def run(n: int) -> tuple[list[float], list[float]]:
+        # The same alternation as `alternate`, inside one coroutine: no event-loop entry
+        # per call on either side.
+        g: list[float] = []
+        r: list[float] = []
+        clock = time.perf_counter_ns
+        for i in range(n):
+            t0 = clock()
+            if i % 2:
+                await admin_async.find_task(aconn, id=TASK_ID)
+                t1 = clock()
+                await (await aconn.execute(admin_async.FIND_TASK_SQL, find_params)).fetchone()
+                t2 = clock()
+                g.append((t1 - t0) / 1000)
+                r.append((t2 - t1) / 1000)
+            else:
+                await (await aconn.execute(admin_async.FIND_TASK_SQL, find_params)).fetchone()
+                t1 = clock()
+                await admin_async.find_task(aconn, id=TASK_ID)
+                t2 = clock()
+                r.append((t1 - t0) / 1000)
+                g.append((t2 - t1) / 1000)
+        return g, r
 
-    async def raw(n: int) -> None:
-        for _ in range(n):
-            await (await aconn.execute(admin_async.FIND_TASK_SQL, find_params)).fetchone()
-
-    def in_loop(fn: Callable[[int], Coroutine[Any, Any, None]]) -> Callable[[int], None]:
-        # One run_until_complete per round: the loop's own cost is outside the per-call figure.
-        return lambda n: loop.run_until_complete(fn(n))
-
-    return Pair(
-        "find_task (SELECT, async)",
-        Case("generated admin_async.find_task", in_loop(gen)),
-        Case("raw await aconn.execute(FIND_TASK_SQL)", in_loop(raw)),
-    )
+    return Pair("find_task (SELECT, async)", lambda n: loop.run_until_complete(run(n)))
 
 
-def measure(pairs: list[Pair], rounds: int, calls: int) -> dict[str, list[float]]:
-    """µs/call per round for every case, the cases of each round interleaved."""
-    # A raw case shared by two pairs is measured once.
-    cases = list({c.name: c for p in pairs for c in (p.generated, p.raw)}.values())
-    for c in cases:  # warm-up: prepared statements, caches, branch predictors
-        c.run(max(calls // 4, 50))
-    out: dict[str, list[float]] = {c.name: [] for c in cases}
-    for r in range(rounds):
-        order = cases if r % 2 == 0 else list(reversed(cases))
-        for c in order:
-            t0 = time.perf_counter_ns()
-            c.run(calls)
-            out[c.name].append((time.perf_counter_ns() - t0) / calls / 1000)
-    return out
+def measure(pairs: list[Pair], calls: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-call µs of both sides of every pair, after an untimed warm-up."""
+    for p in pairs:  # warm-up: prepared statements, caches
+        p.samples(max(calls // 10, 50))
+    return {p.label: p.samples(calls) for p in pairs}
 
 
 def no_io_figures(conn: psycopg.Connection[Any], reps: int) -> list[tuple[str, float]]:
@@ -280,10 +207,6 @@ def no_io_figures(conn: psycopg.Connection[Any], reps: int) -> list[tuple[str, f
         ),
         ("generated: row maker, one Job per row", per_call(lambda: generated_maker(values))),
         (
-            "prototype: unpacking row maker (factory: no per-execute work)",
-            per_call(lambda: _make_job(values)),
-        ),
-        (
             "for comparison: kwargs_row(Job.model_construct) row maker",
             per_call(lambda: construct_maker(values)),
         ),
@@ -294,13 +217,13 @@ def no_io_figures(conn: psycopg.Connection[Any], reps: int) -> list[tuple[str, f
     ]
 
 
-def fmt_range(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.1f} [{min(xs):.1f}–{max(xs):.1f}]"
+def fmt(xs: list[float]) -> str:
+    q = statistics.quantiles(xs, n=10)
+    return f"{statistics.median(xs):.1f} [{q[0]:.1f}–{q[-1]:.1f}]"
 
 
 def report(
-    pairs: list[Pair],
-    results: dict[str, list[float]],
+    results: dict[str, tuple[list[float], list[float]]],
     no_io: list[tuple[str, float]],
     args: argparse.Namespace,
     server_version: str,
@@ -308,39 +231,28 @@ def report(
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        f"generated-call benchmark — {when}, {args.rounds} rounds × {args.calls:,} calls,"
-        " interleaved, after warm-up; median [min–max] over rounds",
+        f"generated-call benchmark — {when}, {args.calls:,} calls per side, alternating call"
+        " by call, after warm-up; median [p10–p90] µs per call",
         "",
         f"Python {platform.python_version()}, psycopg {metadata.version('psycopg')},"
         f" pydantic {metadata.version('pydantic')}, PostgreSQL {server_version}"
         " (local, same machine), one connection, autocommit.",
         "",
-        "| statement | generated µs/call | raw psycopg µs/call | generated / raw"
-        " (ratio of medians) | per-round paired ratio, median [min–max] |",
-        "|---|---|---|---|---|",
+        "| statement | generated µs/call | raw psycopg µs/call | generated / raw (medians) |",
+        "|---|---|---|---|",
     ]
     verdicts = []
-    for p in pairs:
-        g, r = results[p.generated.name], results[p.raw.name]
-        paired = [a / b for a, b in zip(g, r, strict=True)]
+    for label, (g, r) in results.items():
         ratio = statistics.median(g) / statistics.median(r)
-        lines.append(
-            f"| {p.label} | {fmt_range(g)} | {fmt_range(r)} | {ratio:.3f}×"
-            f" | {statistics.median(paired):.3f}× [{min(paired):.3f}–{max(paired):.3f}] |"
-        )
-        if "prototype" not in p.label:
-            verdicts.append(ratio <= TARGET)
+        lines.append(f"| {label} | {fmt(g)} | {fmt(r)} | {ratio:.3f}× |")
+        verdicts.append(ratio <= TARGET)
     lines += [
         "",
         "Raw = `conn.execute(<the generated module's *_SQL constant>, params).fetchone()`,"
         " returning a tuple; generated = the typed function returning a pydantic model.",
-        "A paired ratio compares the two cases of one round (run back to back), so it is"
-        " less sensitive to load from other processes than the ratio of medians.",
         f"Load average (1, 5, 15 min) when the run ended: {load}.",
         f"Target: generated within {round((TARGET - 1) * 100)}% of raw —"
-        f" {'met' if all(verdicts) else 'NOT met'} (ratio of medians within target for"
-        f" {sum(verdicts)} of {len(verdicts)} generated statements; the prototype row is"
-        " not counted).",
+        f" {'met' if all(verdicts) else 'NOT met'} ({sum(verdicts)} of {len(verdicts)}).",
         "",
         "No I/O: the client-side row steps alone (one Job row, 14 columns; best of 5 × "
         f"{args.no_io_reps:,})",
@@ -354,8 +266,7 @@ def report(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--calls", type=int, default=20_000)
     p.add_argument("--no-io-reps", type=int, default=50_000)
     p.add_argument(
         "--database-url",
@@ -375,12 +286,12 @@ def main() -> None:
             aconn = loop.run_until_complete(psycopg.AsyncConnection.connect(url, autocommit=True))
             try:
                 pairs = [*sync_pairs(conn), async_pair(aconn, loop)]
-                results = measure(pairs, args.rounds, args.calls)
+                results = measure(pairs, args.calls)
                 no_io = no_io_figures(conn, args.no_io_reps)
             finally:
                 loop.run_until_complete(aconn.close())
                 loop.close()
-    text = report(pairs, results, no_io, args, server_version)
+    text = report(results, no_io, args, server_version)
     print(text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
