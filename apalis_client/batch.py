@@ -54,6 +54,12 @@ class Batch:
             "idempotency_keys": self.idempotency_keys,
         }
 
+    def unkeyed_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``push_tasks_unkeyed`` (a batch with no idempotency key)."""
+        params = self.params()
+        del params["idempotency_keys"]
+        return params
+
     def single_params(self) -> dict[str, Any]:
         """Keyword arguments of ``push_task`` for a batch of exactly one task."""
         return {
@@ -143,8 +149,11 @@ def batch_of_tasks(queue: str, tasks: Iterable[Task[Args]], codec: Codec[Args]) 
 
 
 def single_outcome(batch: Batch, inserted: int) -> tuple[int, list[str]]:
-    """``push_task``'s row count in the shape :func:`check_inserted` takes."""
-    return inserted, batch.keys if inserted else []
+    """A row count (``push_task``, ``push_tasks_unkeyed``) in the shape ``check_inserted`` takes.
+
+    Used only where the INSERT is all or nothing, so a full count means every key went in.
+    """
+    return inserted, batch.keys if inserted == len(batch.ids) else []
 
 
 def one_message(plan: Plan, batch: Batch, in_pipeline: bool) -> bool:

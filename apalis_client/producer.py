@@ -50,6 +50,13 @@ _ONE_MESSAGE: Final = b"; ".join(
 )
 
 
+def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any]]:
+    # Without keys nothing can be skipped: the plain INSERT and its row count suffice.
+    if batch.keys:
+        return gen.PUSH_TASKS_SQL, batch.params()
+    return gen.PUSH_TASKS_UNKEYED_SQL, batch.unkeyed_params()
+
+
 def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     return conn.pgconn.pipeline_status != PipelineStatus.OFF
 
@@ -80,6 +87,8 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         if plan is Plan.STATEMENT and len(batch.ids) == 1:
             single = gen.push_task(conn, **batch.single_params())
             row = _single_row(batch, 1 if single else 0)
+        elif plan is Plan.STATEMENT and not batch.keys:
+            row = _single_row(batch, gen.push_tasks_unkeyed(conn, **batch.unkeyed_params()))
         elif plan is Plan.STATEMENT:
             row = gen.push_tasks(conn, **batch.params())
         elif one_message(plan, batch, _in_pipeline(conn)):
@@ -95,12 +104,13 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
             # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
             # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
+            sql, params = _batch_statement(batch)
             with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
                 with conn.pipeline():
                     ctl.execute(_savepoint.SAVEPOINT, prepare=False)
-                    cur.execute(gen.PUSH_TASKS_SQL, batch.params())
+                    cur.execute(sql, params)
                     ctl.execute(_savepoint.RELEASE, prepare=False)
-                row = cur.fetchone()
+                row = cur.fetchone() if batch.keys else _single_row(batch, cur.rowcount)
         else:
             with conn.pipeline():
                 conn.execute(_savepoint.SAVEPOINT)
@@ -176,6 +186,9 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         if plan is Plan.STATEMENT and len(batch.ids) == 1:
             single = await gen_async.push_task(conn, **batch.single_params())
             row = _single_row(batch, 1 if single else 0)
+        elif plan is Plan.STATEMENT and not batch.keys:
+            inserted = await gen_async.push_tasks_unkeyed(conn, **batch.unkeyed_params())
+            row = _single_row(batch, inserted)
         elif plan is Plan.STATEMENT:
             row = await gen_async.push_tasks(conn, **batch.params())
         elif one_message(plan, batch, _in_pipeline(conn)):
@@ -188,12 +201,13 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
                 row = await gen_async.push_tasks(conn, **batch.params())
                 check_inserted(batch, *_outcome(row))
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
+            sql, params = _batch_statement(batch)
             async with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
                 async with conn.pipeline():
                     await ctl.execute(_savepoint.SAVEPOINT, prepare=False)
-                    await cur.execute(gen_async.PUSH_TASKS_SQL, batch.params())
+                    await cur.execute(sql, params)
                     await ctl.execute(_savepoint.RELEASE, prepare=False)
-                row = await cur.fetchone()
+                row = await cur.fetchone() if batch.keys else _single_row(batch, cur.rowcount)
         else:
             async with conn.pipeline():
                 await conn.execute(_savepoint.SAVEPOINT)

@@ -41,3 +41,20 @@ VALUES (
 )
 ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
+
+-- name: push_tasks_unkeyed :execrows
+-- Insert a batch of Pending tasks none of which has an idempotency key: no row
+-- can be skipped, so no ON CONFLICT and no RETURNING; the row count is the answer.
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
+)
+SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
+       t.metadata::jsonb
+  FROM unnest(
+           @jobs::bytea[],
+           @ids::text[],
+           @max_attempts::int4[],
+           @run_ats::timestamptz[],
+           @priorities::int4[],
+           @metadata::text[]
+       ) AS t(job, id, max_attempts, run_at, priority, metadata);

@@ -345,6 +345,18 @@ def test_push_task_with_a_colliding_key_returns_nothing_and_inserts_nothing(
     assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("OLD",)]
 
 
+def test_push_tasks_unkeyed_inserts_every_row_and_counts_them(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    tasks = [T(id="A", priority=2), T(id="B", metadata='{"x": true}')]
+    args = push_args(Q, tasks)
+    del args["idempotency_keys"]
+    assert call(flavor, "push", "push_tasks_unkeyed", migrated_db, **args) == 2
+    a, b = find(migrated_db, "A"), find(migrated_db, "B")
+    assert (a.status, a.priority, a.idempotency_key) == ("Pending", 2, None)
+    assert b.metadata == {"x": True}
+
+
 def test_push_tasks_idempotency_keys_are_per_queue(flavor: Flavor, migrated_db: str) -> None:
     seed(migrated_db, T(key="k1"), queue="other")
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")]))
