@@ -86,14 +86,18 @@ def worker_config(cls: Any, poll_seconds: float | None) -> tuple[Any, dict[str, 
 def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
     """claim_next(10) then ack (per task or ack_batch), exactly the statements in queries/."""
     import psycopg
-    from _apalis_sql import statement
     from psycopg.rows import dict_row
     from ulid import ULID
 
-    claim = statement("lock.sql", "claim_next")
-    ack = statement("ack.sql", "ack")
-    ack_batch = statement("ack.sql", "ack_batch")
-    register = statement("keep_alive.sql", "register_worker")
+    from apalis_generated import ack as ack_q
+    from apalis_generated import keep_alive, lock
+
+    # The generated modules' SQL constants: exactly queries/*.sql, run here without the
+    # typed layer on top.
+    claim = lock.CLAIM_NEXT_SQL
+    ack = ack_q.ACK_SQL
+    ack_batch = ack_q.ACK_BATCH_SQL
+    register = keep_alive.REGISTER_WORKER_SQL
     worker_id, lease = f"bench-raw-{os.getpid()}", str(ULID())
     ok_result = json.dumps({"Ok": None})
     with psycopg.connect(spec["url"], autocommit=True, row_factory=dict_row) as conn:
