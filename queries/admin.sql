@@ -42,7 +42,11 @@ REFRESH MATERIALIZED VIEW apalis.queue_stats_snapshot;
 REFRESH MATERIALIZED VIEW CONCURRENTLY apalis.queue_stats_snapshot;
 
 -- name: read_queue_stats_snapshot :many
--- The per-queue figures of the last snapshot refresh.
+-- The per-queue figures of the last snapshot refresh (an error until the first
+-- refresh_queue_stats_snapshot: the view is created WITH NO DATA).
+-- not-null: job_type, total_jobs, running_jobs, pending_jobs, queued_jobs, failed_jobs
+-- not-null: done_jobs, killed_jobs, active_jobs, jobs_past_hour, jobs_past_day
+-- not-null: jobs_past_7_days, snapshot_at
 SELECT * FROM apalis.queue_stats_snapshot ORDER BY job_type;
 
 -- name: retry_task :one
