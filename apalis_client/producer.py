@@ -15,7 +15,6 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
-from psycopg.rows import kwargs_row
 
 from apalis_client import _savepoint
 from apalis_client.batch import (
@@ -34,11 +33,12 @@ from apalis_client.errors import translate_error
 from apalis_client.task import Task, TaskId
 from apalis_generated import push as gen
 from apalis_generated import push_async as gen_async
+from apalis_generated._runtime import model_rows
 from apalis_generated.models import PushTasksRow
 
 Args = TypeVar("Args")
 
-_ROWS = kwargs_row(PushTasksRow.model_construct)
+_ROWS = model_rows(PushTasksRow)
 _SAVEPOINT_PLANS = (Plan.SAVEPOINT_ONE_TRIP, Plan.SAVEPOINT_TWO_TRIPS)
 
 
@@ -61,12 +61,10 @@ def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -
     return conn.pgconn.pipeline_status != PipelineStatus.OFF
 
 
-def _single_row(batch: Batch, inserted: int) -> PushTasksRow:
-    count, keys = single_outcome(batch, inserted)
-    return PushTasksRow.model_construct(inserted=count, inserted_keys=keys)
+Outcome = tuple[int | None, list[str] | None]  # rows inserted, keys inserted
 
 
-def _outcome(row: PushTasksRow | None) -> tuple[int | None, list[str] | None]:
+def _outcome(row: PushTasksRow | None) -> Outcome:
     return (row.inserted, row.inserted_keys) if row is not None else (None, None)
 
 
@@ -82,25 +80,26 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         with conn.pipeline() as pipeline:
             pipeline.sync()
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
-    row: PushTasksRow | None
+    outcome: Outcome
     try:
         if plan is Plan.STATEMENT and len(batch.ids) == 1:
             single = gen.push_task(conn, **batch.single_params())
-            row = _single_row(batch, 1 if single else 0)
+            outcome = single_outcome(batch, 1 if single else 0)
         elif plan is Plan.STATEMENT and not batch.keys:
-            row = _single_row(batch, gen.push_tasks_unkeyed(conn, **batch.unkeyed_params()))
+            inserted = gen.push_tasks_unkeyed(conn, **batch.unkeyed_params())
+            outcome = single_outcome(batch, inserted)
         elif plan is Plan.STATEMENT:
-            row = gen.push_tasks(conn, **batch.params())
+            outcome = _outcome(gen.push_tasks(conn, **batch.params()))
         elif one_message(plan, batch, _in_pipeline(conn)):
             with psycopg.ClientCursor(conn) as cur:
                 cur.execute(_ONE_MESSAGE, batch.single_params())
                 cur.nextset()  # SAVEPOINT's result, then the INSERT's
-                row = _single_row(batch, cur.rowcount)
+                outcome = single_outcome(batch, cur.rowcount)
         elif plan is Plan.TRANSACTION:
             with conn.transaction():
-                row = gen.push_tasks(conn, **batch.params())
+                outcome = _outcome(gen.push_tasks(conn, **batch.params()))
                 # Raising here makes psycopg roll the whole batch back.
-                check_inserted(batch, *_outcome(row))
+                check_inserted(batch, *outcome)
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
             # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
             # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
@@ -110,13 +109,15 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
                     ctl.execute(_savepoint.SAVEPOINT, prepare=False)
                     cur.execute(sql, params)
                     ctl.execute(_savepoint.RELEASE, prepare=False)
-                row = cur.fetchone() if batch.keys else _single_row(batch, cur.rowcount)
+                outcome = (
+                    _outcome(cur.fetchone()) if batch.keys else single_outcome(batch, cur.rowcount)
+                )
         else:
             with conn.pipeline():
                 conn.execute(_savepoint.SAVEPOINT)
-                row = gen.push_tasks(conn, **batch.params())
+                outcome = _outcome(gen.push_tasks(conn, **batch.params()))
                 try:
-                    check_inserted(batch, *_outcome(row))
+                    check_inserted(batch, *outcome)
                 except Exception:
                     conn.execute(_savepoint.ROLLBACK_TO)
                     raise
@@ -126,7 +127,7 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         if plan in _SAVEPOINT_PLANS:
             _recover(conn)
         raise translate_error(OPERATION, exc) from exc
-    check_inserted(batch, *_outcome(row))
+    check_inserted(batch, *outcome)
     return batch.ids
 
 
@@ -181,25 +182,25 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         async with conn.pipeline() as pipeline:
             await pipeline.sync()
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
-    row: PushTasksRow | None
+    outcome: Outcome
     try:
         if plan is Plan.STATEMENT and len(batch.ids) == 1:
             single = await gen_async.push_task(conn, **batch.single_params())
-            row = _single_row(batch, 1 if single else 0)
+            outcome = single_outcome(batch, 1 if single else 0)
         elif plan is Plan.STATEMENT and not batch.keys:
             inserted = await gen_async.push_tasks_unkeyed(conn, **batch.unkeyed_params())
-            row = _single_row(batch, inserted)
+            outcome = single_outcome(batch, inserted)
         elif plan is Plan.STATEMENT:
-            row = await gen_async.push_tasks(conn, **batch.params())
+            outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
         elif one_message(plan, batch, _in_pipeline(conn)):
             async with psycopg.AsyncClientCursor(conn) as cur:
                 await cur.execute(_ONE_MESSAGE, batch.single_params())
                 cur.nextset()  # SAVEPOINT's result, then the INSERT's
-                row = _single_row(batch, cur.rowcount)
+                outcome = single_outcome(batch, cur.rowcount)
         elif plan is Plan.TRANSACTION:
             async with conn.transaction():
-                row = await gen_async.push_tasks(conn, **batch.params())
-                check_inserted(batch, *_outcome(row))
+                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
+                check_inserted(batch, *outcome)
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
             sql, params = _batch_statement(batch)
             async with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
@@ -207,13 +208,17 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
                     await ctl.execute(_savepoint.SAVEPOINT, prepare=False)
                     await cur.execute(sql, params)
                     await ctl.execute(_savepoint.RELEASE, prepare=False)
-                row = await cur.fetchone() if batch.keys else _single_row(batch, cur.rowcount)
+                outcome = (
+                    _outcome(await cur.fetchone())
+                    if batch.keys
+                    else single_outcome(batch, cur.rowcount)
+                )
         else:
             async with conn.pipeline():
                 await conn.execute(_savepoint.SAVEPOINT)
-                row = await gen_async.push_tasks(conn, **batch.params())
+                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
                 try:
-                    check_inserted(batch, *_outcome(row))
+                    check_inserted(batch, *outcome)
                 except Exception:
                     await conn.execute(_savepoint.ROLLBACK_TO)
                     raise
@@ -223,7 +228,7 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         if plan in _SAVEPOINT_PLANS:
             await _recover_async(conn)
         raise translate_error(OPERATION, exc) from exc
-    check_inserted(batch, *_outcome(row))
+    check_inserted(batch, *outcome)
     return batch.ids
 
 
