@@ -52,6 +52,14 @@ def check_queue(queue: object) -> str:
     return name
 
 
+def check_worker_id(worker_id: object) -> str:
+    """Return ``worker_id`` if it is valid: non-empty, at most 255 UTF-8 bytes (as a queue name)."""
+    name = _text("worker id", worker_id, MAX_QUEUE_NAME_BYTES)
+    if not name:
+        raise InvalidArgument("worker id must not be empty")
+    return name
+
+
 def check_idempotency_key(key: object) -> str | None:
     """Return ``key`` if it is None or a non-empty str of at most 1024 UTF-8 bytes."""
     if key is None:

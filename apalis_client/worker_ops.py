@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from ulid import ULID
 
+from apalis_client import limits
 from apalis_client.errors import (
     AlreadyRegistered,
     InvalidArgument,
@@ -110,17 +111,12 @@ class AckReport:
 # --- pure helpers shared by the sync and async shells ------------------------------------
 
 
-def _check_name(kind: str, value: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{kind} must not be empty")
-    if len(value.encode()) > 255:
-        raise InvalidArgument(f"{kind} {value[:40]!r}… is longer than 255 bytes")
-
-
 def _new_lease(queue: str, worker_id: str) -> Lease:
-    _check_name("queue name", queue)
-    _check_name("worker id", worker_id)
-    return Lease(worker_id=worker_id, queue=queue, lease_token=str(ULID()))
+    return Lease(
+        worker_id=limits.check_worker_id(worker_id),
+        queue=limits.check_queue(queue),
+        lease_token=str(ULID()),
+    )
 
 
 def _register_params(lease: Lease, orphan_threshold: float) -> dict[str, Any]:
