@@ -14,7 +14,7 @@ import jinja2
 from apalis_codegen import __version__
 from apalis_codegen.describe import Catalog, Column, Described, Table
 from apalis_codegen.parse import QueryFileError
-from apalis_codegen.typemap import UnmappedType, python_type
+from apalis_codegen.typemap import PyType, UnmappedType, python_type
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 GENERATOR = f"apalis_codegen {__version__}"
@@ -28,6 +28,7 @@ class Field:
 
     name: str
     annotation: str
+    imports: tuple[str, ...] = ()
 
 
 @dataclass
@@ -163,19 +164,21 @@ def _column_model(
             return table_models[table.oid], None
     fields = []
     for c in d.columns:
-        try:
-            py = python_type(c.type_oid, catalog.types)
-        except UnmappedType as exc:
-            raise QueryFileError(
-                f"{where}: query {st.name!r}, column {c.name!r}: type {exc.typname} has no "
-                "Python mapping"
-            ) from exc
+        py = _python_type(c.type_oid, catalog, f"{where}: query {st.name!r}, column {c.name!r}")
         nullable = (not c.not_null or c.name in st.nullable_columns) and (
             c.name not in st.not_null_columns
         )
-        fields.append(Field(c.name, py.annotation(nullable=nullable)))
+        fields.append(Field(c.name, py.annotation(nullable=nullable), py.imports))
     model = Model(f"{camel(st.name)}Row", f"A row of ``{st.name}``.", fields)
     return model.name, model
+
+
+def _python_type(oid: int, catalog: Catalog, what: str) -> PyType:
+    """The Python type of ``oid``; an unmapped type is an error naming ``what`` uses it."""
+    try:
+        return python_type(oid, catalog.types)
+    except UnmappedType as exc:
+        raise QueryFileError(f"{what}: type {exc.typname} has no Python mapping") from exc
 
 
 def _same_as_table(columns: Sequence[Column], catalog: Catalog) -> Table | None:
@@ -211,14 +214,9 @@ def build(
         table_models[table.oid] = name
         fields = []
         for c in table.columns:
-            try:
-                py = python_type(c.type_oid, catalog.types)
-            except UnmappedType as exc:
-                raise QueryFileError(
-                    f"table {table.schema}.{table.name}, column {c.name!r}: type "
-                    f"{exc.typname} has no Python mapping"
-                ) from exc
-            fields.append(Field(c.name, py.annotation(nullable=not c.not_null)))
+            what = f"table {table.schema}.{table.name}, column {c.name!r}"
+            py = _python_type(c.type_oid, catalog, what)
+            fields.append(Field(c.name, py.annotation(nullable=not c.not_null), py.imports))
         models.append(Model(name, f"A row of ``{table.schema}.{table.name}``.", fields))
 
     modules: dict[Path, QueryModule] = {}
@@ -228,13 +226,7 @@ def build(
         module = modules.setdefault(st.file, QueryModule(stems[st.file], display[st.file]))
         params = []
         for name, oid in zip(st.params, d.param_types, strict=True):
-            try:
-                py = python_type(oid, catalog.types)
-            except UnmappedType as exc:
-                raise QueryFileError(
-                    f"{where}: query {st.name!r}, parameter @{name}: type {exc.typname} has no "
-                    "Python mapping"
-                ) from exc
+            py = _python_type(oid, catalog, f"{where}: query {st.name!r}, parameter @{name}")
             if keyword.iskeyword(name):
                 raise QueryFileError(
                     f"{where}: parameter @{name} of query {st.name!r} is a Python keyword"
@@ -290,17 +282,6 @@ def build(
     return models, list(modules.values())
 
 
-_FIELD_IMPORTS = {
-    "Decimal": "from decimal import Decimal",
-    "datetime": "from datetime import datetime",
-    "date": "from datetime import date",
-    "timedelta": "from datetime import timedelta",
-    "time": "from datetime import time",
-    "UUID": "from uuid import UUID",
-    "JsonValue": "from pydantic import JsonValue",
-}
-
-
 def _import_block(lines: set[str]) -> dict[str, list[str]]:
     # Ruff's isort order: stdlib, third party; names merged per module.
     by_module: dict[str, set[str]] = {}
@@ -324,14 +305,7 @@ def from_import(module: str, names: Sequence[str]) -> str:
 
 
 def _model_imports(models: Sequence[Model]) -> set[str]:
-    found: set[str] = set()
-    for model in models:
-        for f in model.fields:
-            words = set(f.annotation.replace("[", " ").replace("]", " ").replace("|", " ").split())
-            for typ, imp in _FIELD_IMPORTS.items():
-                if typ in words:
-                    found.add(imp)
-    return found
+    return {imp for model in models for f in model.fields for imp in f.imports}
 
 
 def render(
