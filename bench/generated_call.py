@@ -23,9 +23,7 @@ import os
 import platform
 import statistics
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -33,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import kwargs_row, tuple_row
 
 import apalis_client
+from apalis_codegen.pgfind import scratch_database
 from apalis_generated import admin, admin_async, keep_alive, lock, push
 from apalis_generated._runtime import model_rows
 from apalis_generated.models import Job
@@ -48,20 +45,6 @@ QUEUE = "bench"
 WORKER = "bench-worker"
 TASK_ID = "01JBENCH0000000000000000AA"
 TARGET = 1.10
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    name = f"apalis_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as admin_conn:
-        admin_conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin_conn:
-            admin_conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def prepare(url: str) -> None:

@@ -18,7 +18,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -26,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from ulid import ULID
 
 import apalis_client
 from apalis_client import Task, push_many_with_conn, push_with_conn
+from apalis_codegen.pgfind import scratch_database
 from apalis_generated import push as gen
 
 QUEUE = "bench-push"
@@ -279,14 +278,8 @@ def database(url: str | None) -> Iterator[str]:
         with find_postgres() as server, database(server.url) as db:
             yield db
         return
-    name = f"apalis_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(url, dbname=name)
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(url) as db:
+        yield db
 
 
 def summary(rates: list[float]) -> tuple[float, float, float]:

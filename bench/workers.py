@@ -38,7 +38,8 @@ import _runners
 import psycopg
 from _apalis_sql import SEED_INSERT
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+
+from apalis_codegen.pgfind import scratch_database
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,15 +98,8 @@ class Server:
     def fresh_database(self, tag: str) -> Iterator[str]:
         self.seq += 1
         name = f"bench_workers_{os.getpid()}_{self.seq}_{tag}"
-        with psycopg.connect(self.url, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield make_conninfo(self.url, dbname=name)
-        finally:
-            with psycopg.connect(self.url, autocommit=True) as admin:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+        with scratch_database(self.url, name) as db:
+            yield db
 
 
 def _alive(pid: int) -> bool:

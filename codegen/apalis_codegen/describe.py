@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
-from psycopg.conninfo import make_conninfo
+from psycopg import pq
 
 from apalis_codegen.parse import QueryFileError, Statement
 
@@ -71,21 +68,6 @@ def schema_files(schema: Path) -> list[Path]:
     top = sorted(p for p in schema.glob("*.sql") if p.is_file())
     nested = sorted(p for p in schema.glob("*/*.sql") if p.is_file())
     return top + nested
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """Create a throwaway database on the server and drop it afterwards."""
-    name = f"apalis_codegen_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def apply_schema(conn: psycopg.Connection[Any], files: Sequence[Path], root: Path) -> None:

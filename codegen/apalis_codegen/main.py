@@ -14,8 +14,9 @@ from pathlib import Path
 
 import psycopg
 
-from apalis_codegen.describe import apply_schema, describe, schema_files, scratch_database
+from apalis_codegen.describe import apply_schema, describe, schema_files
 from apalis_codegen.parse import QueryFileError, Statement, parse_file
+from apalis_codegen.pgfind import scratch_database
 from apalis_codegen.render import (
     HEADER_MARK,
     TEMPLATES,

@@ -8,10 +8,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 HOW_TO_PROVIDE = (
     "No PostgreSQL could be found. Provide one of: APALIS_TEST_DATABASE_URL or "
@@ -141,3 +146,18 @@ def find_postgres(prefer: str | None = None) -> Iterator[FoundServer]:
                     yield server
                     return
     raise NoDatabaseError(HOW_TO_PROVIDE)
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, name: str | None = None) -> Iterator[str]:
+    """A new empty database on the server of ``server_url`` (its URL), dropped afterwards."""
+    name = name or f"apalis_scratch_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
