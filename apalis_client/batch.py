@@ -194,6 +194,7 @@ class Plan(enum.Enum):
 
     STATEMENT = "one autocommitted statement"
     TRANSACTION = "its own transaction (BEGIN, INSERT, COMMIT or ROLLBACK)"
+    OPEN_TRANSACTION = "the INSERT opens the transaction; ROLLBACK if the push fails"
     SAVEPOINT_ONE_TRIP = "SAVEPOINT, INSERT, RELEASE pipelined in one round trip"
     SAVEPOINT_TWO_TRIPS = "SAVEPOINT and INSERT, then RELEASE or ROLLBACK TO"
     SYNC_FIRST = "the caller's pipeline has pending results: sync, then decide"
@@ -204,10 +205,13 @@ def plan_for(status: TransactionStatus, autocommit: bool, batch: Batch) -> Plan:
 
     - autocommit and idle: the batch is its own unit of work, a single statement when that
       is already all-or-nothing, else wrapped in a transaction of its own;
-    - in a transaction, or idle without autocommit: a savepoint around the batch, so a
-      failed push leaves the caller's transaction usable. The idle, non-autocommit case is
-      psycopg's implicit transaction: the push opens it (like any statement would) and the
-      caller commits it, so a push followed by business writes stays one unit of work.
+    - idle without autocommit (psycopg's implicit transaction): the push opens the
+      transaction, as any statement would, and the caller commits it, so a push followed by
+      business writes stays one unit of work. The transaction holds nothing but the push
+      yet, so a failed push is undone by rolling it back: no savepoint (no subtransaction)
+      is needed;
+    - in a transaction: a savepoint around the batch, so a failed push leaves the caller's
+      transaction, and whatever it already wrote, usable.
     """
     if status == TransactionStatus.INERROR:
         raise InvalidArgument(
@@ -218,6 +222,8 @@ def plan_for(status: TransactionStatus, autocommit: bool, batch: Batch) -> Plan:
         return Plan.SYNC_FIRST
     if status == TransactionStatus.UNKNOWN:
         raise InvalidArgument("the connection is broken or closed")
-    if status == TransactionStatus.IDLE and autocommit:
+    if status == TransactionStatus.IDLE:
+        if not autocommit:
+            return Plan.OPEN_TRANSACTION
         return Plan.STATEMENT if batch.all_or_nothing else Plan.TRANSACTION
     return Plan.SAVEPOINT_ONE_TRIP if batch.all_or_nothing else Plan.SAVEPOINT_TWO_TRIPS

@@ -1,11 +1,13 @@
 """Push tasks on a connection you hold (the transactional outbox): thin sync and async shells.
 
 The logic lives in :mod:`apalis_client.batch`; these functions only run its plan on a
-connection. Every push is one INSERT for the whole batch. On a connection inside a
-transaction (or a non-autocommit one, where psycopg opens a transaction implicitly) the INSERT
-runs inside a savepoint pipelined with it, so a failed push rolls back only itself and the
-caller's transaction stays usable; the caller commits or rolls back. On an idle autocommit
-connection the batch commits on its own, all or nothing. NOTIFY reaches workers at commit.
+connection. Every push is one INSERT for the whole batch. Inside the caller's transaction the
+INSERT runs in a savepoint sent in the same round trip, so a failed push rolls back only
+itself and the caller's transaction stays usable; the caller commits or rolls back. On an
+idle non-autocommit connection the push opens the transaction, as any statement would, and,
+if it fails, rolls back that transaction, which holds nothing but the push. On an idle
+autocommit connection the batch commits on its own, all or nothing. NOTIFY reaches workers
+at commit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ Args = TypeVar("Args")
 
 _ROWS = model_rows(PushTasksRow)
 _SAVEPOINT_PLANS = (Plan.SAVEPOINT_ONE_TRIP, Plan.SAVEPOINT_TWO_TRIPS)
+# Plans that run the INSERT as it is: on its own (autocommit), or as the first statement of
+# the transaction it opens (undone by a rollback if the push fails).
+_STATEMENT_PLANS = (Plan.STATEMENT, Plan.OPEN_TRANSACTION)
 
 
 # A batch of one inside a transaction: SAVEPOINT, the single-row INSERT and RELEASE as one
@@ -50,11 +55,17 @@ _ONE_MESSAGE: Final = b"; ".join(
 )
 
 
-def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any]]:
-    # Without keys nothing can be skipped: the plain INSERT and its row count suffice.
+def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any], bool]:
+    """The INSERT for ``batch``, its parameters, and whether its row count tells the outcome.
+
+    A single row or a batch without keys is all or nothing, so the row count suffices; only
+    a keyed batch needs ``push_tasks``' row naming the keys that went in.
+    """
+    if len(batch.ids) == 1:
+        return gen.PUSH_TASK_SQL, batch.single_params(), True
     if batch.keys:
-        return gen.PUSH_TASKS_SQL, batch.params()
-    return gen.PUSH_TASKS_UNKEYED_SQL, batch.unkeyed_params()
+        return gen.PUSH_TASKS_SQL, batch.params(), False
+    return gen.PUSH_TASKS_UNKEYED_SQL, batch.unkeyed_params(), True
 
 
 def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -82,14 +93,17 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
     outcome: Outcome
     try:
-        if plan is Plan.STATEMENT and len(batch.ids) == 1:
-            single = gen.push_task(conn, **batch.single_params())
-            outcome = single_outcome(batch, 1 if single else 0)
-        elif plan is Plan.STATEMENT and not batch.keys:
-            inserted = gen.push_tasks_unkeyed(conn, **batch.unkeyed_params())
-            outcome = single_outcome(batch, inserted)
-        elif plan is Plan.STATEMENT:
-            outcome = _outcome(gen.push_tasks(conn, **batch.params()))
+        if plan in _STATEMENT_PLANS:
+            if len(batch.ids) == 1:
+                single = gen.push_task(conn, **batch.single_params())
+                outcome = single_outcome(batch, 1 if single else 0)
+            elif not batch.keys:
+                inserted = gen.push_tasks_unkeyed(conn, **batch.unkeyed_params())
+                outcome = single_outcome(batch, inserted)
+            else:
+                outcome = _outcome(gen.push_tasks(conn, **batch.params()))
+            if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
+                conn.rollback()  # the transaction holds only this push
         elif one_message(plan, batch, _in_pipeline(conn)):
             with psycopg.ClientCursor(conn) as cur:
                 cur.execute(_ONE_MESSAGE, batch.single_params())
@@ -103,14 +117,14 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
             # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
             # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
-            sql, params = _batch_statement(batch)
+            sql, params, counts = _batch_statement(batch)
             with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
                 with conn.pipeline():
                     ctl.execute(_savepoint.SAVEPOINT, prepare=False)
                     cur.execute(sql, params)
                     ctl.execute(_savepoint.RELEASE, prepare=False)
                 outcome = (
-                    _outcome(cur.fetchone()) if batch.keys else single_outcome(batch, cur.rowcount)
+                    single_outcome(batch, cur.rowcount) if counts else _outcome(cur.fetchone())
                 )
         else:
             with conn.pipeline():
@@ -126,9 +140,17 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
     except psycopg.Error as exc:
         if plan in _SAVEPOINT_PLANS:
             _recover(conn)
+        elif plan is Plan.OPEN_TRANSACTION:
+            _roll_back_own(conn)
         raise translate_error(OPERATION, exc) from exc
     check_inserted(batch, *outcome)
     return batch.ids
+
+
+def _roll_back_own(conn: psycopg.Connection[Any]) -> None:
+    # The push opened this transaction and failed in it: ending it undoes exactly the push.
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        conn.rollback()
 
 
 def _recover(conn: psycopg.Connection[Any]) -> None:
@@ -184,14 +206,17 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
     outcome: Outcome
     try:
-        if plan is Plan.STATEMENT and len(batch.ids) == 1:
-            single = await gen_async.push_task(conn, **batch.single_params())
-            outcome = single_outcome(batch, 1 if single else 0)
-        elif plan is Plan.STATEMENT and not batch.keys:
-            inserted = await gen_async.push_tasks_unkeyed(conn, **batch.unkeyed_params())
-            outcome = single_outcome(batch, inserted)
-        elif plan is Plan.STATEMENT:
-            outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
+        if plan in _STATEMENT_PLANS:
+            if len(batch.ids) == 1:
+                single = await gen_async.push_task(conn, **batch.single_params())
+                outcome = single_outcome(batch, 1 if single else 0)
+            elif not batch.keys:
+                inserted = await gen_async.push_tasks_unkeyed(conn, **batch.unkeyed_params())
+                outcome = single_outcome(batch, inserted)
+            else:
+                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
+            if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
+                await conn.rollback()
         elif one_message(plan, batch, _in_pipeline(conn)):
             async with psycopg.AsyncClientCursor(conn) as cur:
                 await cur.execute(_ONE_MESSAGE, batch.single_params())
@@ -202,16 +227,16 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
                 outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
                 check_inserted(batch, *outcome)
         elif plan is Plan.SAVEPOINT_ONE_TRIP:
-            sql, params = _batch_statement(batch)
+            sql, params, counts = _batch_statement(batch)
             async with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
                 async with conn.pipeline():
                     await ctl.execute(_savepoint.SAVEPOINT, prepare=False)
                     await cur.execute(sql, params)
                     await ctl.execute(_savepoint.RELEASE, prepare=False)
                 outcome = (
-                    _outcome(await cur.fetchone())
-                    if batch.keys
-                    else single_outcome(batch, cur.rowcount)
+                    single_outcome(batch, cur.rowcount)
+                    if counts
+                    else _outcome(await cur.fetchone())
                 )
         else:
             async with conn.pipeline():
@@ -227,9 +252,16 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
     except psycopg.Error as exc:
         if plan in _SAVEPOINT_PLANS:
             await _recover_async(conn)
+        elif plan is Plan.OPEN_TRANSACTION:
+            await _roll_back_own_async(conn)
         raise translate_error(OPERATION, exc) from exc
     check_inserted(batch, *outcome)
     return batch.ids
+
+
+async def _roll_back_own_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        await conn.rollback()
 
 
 async def _recover_async(conn: psycopg.AsyncConnection[Any]) -> None:

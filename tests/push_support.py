@@ -7,11 +7,13 @@ drives a real ``AsyncConnection`` and ``AsyncPostgresStorage`` on a private even
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg.pq import TransactionStatus
 
 from apalis_client import AsyncPostgresStorage, PostgresStorage, Task, TaskId
@@ -128,6 +130,36 @@ class Session:
             raise
         else:
             self.run(cm.__aexit__(None, None, None))
+
+    @contextmanager
+    def wire(self) -> Iterator[list[list[str]]]:
+        """Record what crosses the wire, as exchanges: runs of messages one way.
+
+        Yields a list filled on exit with one entry per burst of frontend messages (F lines
+        of libpq's trace) followed by the backend's answer (B lines): a round trip each.
+        """
+        conn = self._sync or self._async
+        assert conn is not None
+        exchanges: list[list[str]] = []
+        with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as trace:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                yield exchanges
+            finally:
+                conn.pgconn.untrace()
+            trace.seek(0)
+            messages: list[str] = []
+            for line in trace.read().splitlines():
+                if line[:2] in ("F\t", "B\t") or not messages:
+                    messages.append(line)
+                else:  # a message whose text spans lines (a multi-line statement)
+                    messages[-1] += "\n" + line
+        for line in messages:
+            if line.startswith("F") and (not exchanges or exchanges[-1][-1].startswith("B")):
+                exchanges.append([])
+            if exchanges:
+                exchanges[-1].append(line)
 
     def close(self) -> None:
         if self._sync is not None:

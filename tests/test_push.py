@@ -514,6 +514,80 @@ def test_push_on_an_idle_non_autocommit_connection_opens_the_callers_transaction
     assert count_jobs(query, migrated_db, "q") == 0
 
 
+def test_conflict_in_a_transaction_the_push_opened_ends_it_and_leaves_the_connection_usable(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    seed = s.push_task("q", Task(args=1, idempotency_key="k"))
+    s.commit()
+    with pytest.raises(IdempotencyConflict):
+        s.push_task("q", Task(args=2, idempotency_key="k"))
+    assert s.status == TransactionStatus.IDLE
+    mark(s, "after", "q")
+    s.commit()
+    assert count_business(query, outbox_db, "q") == 1
+    assert query(outbox_db, "SELECT id FROM apalis.jobs") == [(seed,)]
+
+
+def test_duplicate_id_in_a_transaction_the_push_opened_ends_it_and_leaves_the_connection_usable(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    taken = s.push("q", "first")
+    s.commit()
+    with pytest.raises(DuplicateTaskId):
+        s.push_task("q", Task(args="second", task_id=taken))
+    assert s.status == TransactionStatus.IDLE
+    mark(s, "after", "q")
+    s.commit()
+    assert count_business(query, outbox_db, "q") == 1
+    assert query(outbox_db, "SELECT id, job FROM apalis.jobs") == [(taken, b'"first"')]
+
+
+def test_colliding_batch_in_a_transaction_the_push_opened_inserts_nothing(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(migrated_db)
+    s.push_task("q", Task(args=0, idempotency_key="b"))
+    s.commit()
+    with pytest.raises(IdempotencyConflict) as caught:
+        s.push_many("q", [Task(args=1, idempotency_key="a"), Task(args=2, idempotency_key="b")])
+    assert caught.value.keys == ["b"]
+    assert s.status == TransactionStatus.IDLE
+    assert query(migrated_db, "SELECT idempotency_key FROM apalis.jobs") == [("b",)]
+
+
+# ---- on the wire ------------------------------------------------------------------------------
+
+
+def test_push_in_a_transaction_is_one_round_trip_savepoint_included(
+    migrated_db: str, open_session: Open
+) -> None:
+    s = open_session(migrated_db)
+    with s.transaction(), s.wire() as exchanges:
+        s.push("q", {"n": 1})
+    assert len(exchanges) == 1
+    sent = "\n".join(line for line in exchanges[0] if line.startswith("F"))
+    assert [w for w in ("SAVEPOINT", "INSERT INTO apalis.jobs", "RELEASE") if w in sent] == [
+        "SAVEPOINT",
+        "INSERT INTO apalis.jobs",
+        "RELEASE",
+    ]
+
+
+def test_push_that_opens_the_transaction_sends_no_savepoint(
+    migrated_db: str, open_session: Open
+) -> None:
+    s = open_session(migrated_db)
+    with s.wire() as exchanges:
+        s.push("q", {"n": 1})
+    sent = [line for exchange in exchanges for line in exchange if line.startswith("F")]
+    assert any("BEGIN" in line for line in sent)
+    assert any("INSERT INTO apalis.jobs" in line for line in sent)
+    assert not any("SAVEPOINT" in line for line in sent)
+    assert s.status == TransactionStatus.INTRANS
+
+
 def test_module_level_functions_push_to_the_named_queue(migrated_db: str, flavor: Flavor) -> None:
     from apalis_client import push_many_with_conn, push_task_with_conn, push_with_conn
 

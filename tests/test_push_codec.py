@@ -38,6 +38,22 @@ class Point:
     x: float
 
 
+class Blob(BaseModel):
+    name: str
+    data: bytes
+    parts: list[bytes] = []
+
+
+class Wrapped(BaseModel):
+    inner: Blob
+
+
+@dataclasses.dataclass
+class Packet:
+    seq: int
+    body: bytes
+
+
 class Color(enum.Enum):
     RED = "Red"
 
@@ -83,6 +99,19 @@ class Color(enum.Enum):
         ),
         ({"id": uuid.UUID(int=1)}, b'{"id":"00000000-0000-0000-0000-000000000001"}'),
         (Color.RED, b'"Red"'),
+        # serde writes Vec<u8> as an array of numbers, whatever the bytes are
+        (b"ab", b"[97,98]"),
+        ({"k": b"ab", "n": 1}, b'{"k":[97,98],"n":1}'),
+        ([bytearray(b"\x00\xff"), (memoryview(b"\x7f"),)], b"[[0,255],[[127]]]"),
+        (
+            Blob(name="x", data=b"\xff\x00", parts=[b""]),
+            b'{"name":"x","data":[255,0],"parts":[[]]}',
+        ),
+        (
+            Wrapped(inner=Blob(name="y", data=b"a")),
+            b'{"inner":{"name":"y","data":[97],"parts":[]}}',
+        ),
+        (Packet(seq=3, body=b"hi"), b'{"seq":3,"body":[104,105]}'),
     ],
     ids=repr,
 )
@@ -235,7 +264,8 @@ def test_check_inserted_names_the_collided_keys() -> None:
         (TransactionStatus.INTRANS, True, [None, None], Plan.SAVEPOINT_ONE_TRIP),
         (TransactionStatus.INTRANS, False, ["a"], Plan.SAVEPOINT_ONE_TRIP),
         (TransactionStatus.INTRANS, False, ["a", None], Plan.SAVEPOINT_TWO_TRIPS),
-        (TransactionStatus.IDLE, False, [None], Plan.SAVEPOINT_ONE_TRIP),
+        (TransactionStatus.IDLE, False, [None], Plan.OPEN_TRANSACTION),
+        (TransactionStatus.IDLE, False, ["a", "b"], Plan.OPEN_TRANSACTION),
         (TransactionStatus.ACTIVE, False, [None], Plan.SYNC_FIRST),
     ],
 )
