@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Protocol, TypeVar
 
 import pydantic_core
+from pydantic import BaseModel
 
 from apalis_client.errors import InvalidArgument
 
@@ -34,14 +36,62 @@ def _fix(match: re.Match[bytes]) -> bytes:
     return b"e" if match.group(1) is not None else match.group(0)
 
 
+_BYTES = (bytes, bytearray, memoryview)
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _holds_bytes(value: Any) -> bool:
+    """Whether bytes sit anywhere inside ``value`` (dicts, lists, tuples, models, dataclasses)."""
+    # Dispatch on the exact type first: payloads are mostly flat dicts of scalars, and this
+    # walk runs for every task of a batch.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _LEAVES:
+            continue
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif isinstance(item, _BYTES):
+            return True
+        elif isinstance(item, BaseModel):
+            stack.extend(item.__dict__.values())
+        elif isinstance(item, (dict, list, tuple)):
+            stack.extend(item.values() if isinstance(item, dict) else item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
+    return False
+
+
+def _bytes_as_arrays(value: Any) -> Any:
+    """``value`` with every bytes object turned into a list of ints, as serde writes Vec<u8>."""
+    if isinstance(value, _BYTES):
+        return list(bytes(value))
+    if isinstance(value, BaseModel):
+        return _bytes_as_arrays(value.model_dump(mode="python", by_alias=True))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _bytes_as_arrays(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _bytes_as_arrays(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_bytes_as_arrays(v) for v in value]
+    return value
+
+
 def to_json(value: Any) -> bytes:
     """Compact JSON bytes exactly as serde_json writes the same value (non-ASCII kept as UTF-8).
 
     Accepts pydantic models (by alias), dataclasses, dicts, lists, tuples, str, int, float,
     bool, None and whatever else pydantic can serialize (datetime, UUID, Enum, ...). Object
     keys keep their order (insertion order; declaration order for models and dataclasses),
-    which is what serde does for structs. NaN and infinities are rejected.
+    which is what serde does for structs. Bytes inside the value become arrays of numbers,
+    serde's form of ``Vec<u8>`` (pydantic alone would write them as a string). NaN and
+    infinities are rejected.
     """
+    if _holds_bytes(value):
+        value = _bytes_as_arrays(value)
     try:
         out = pydantic_core.to_json(value, by_alias=True, inf_nan_mode="constants")
     except pydantic_core.PydanticSerializationError as exc:
