@@ -60,6 +60,32 @@ class Batch:
         del params["idempotency_keys"]
         return params
 
+    def uniform_params(self) -> dict[str, Any] | None:
+        """Keyword arguments of ``push_tasks_uniform``, or None when that statement can't hold
+        the batch: some row has a key, or the rows differ in run_at, priority, max_attempts
+        or metadata."""
+        if self.keys:
+            return None
+        n = len(self.ids)
+        run_at, priority = self.run_ats[0], self.priorities[0]
+        max_attempts, metadata = self.max_attempts[0], self.metadata[0]
+        if (
+            self.run_ats.count(run_at) != n
+            or self.priorities.count(priority) != n
+            or self.max_attempts.count(max_attempts) != n
+            or self.metadata.count(metadata) != n
+        ):
+            return None
+        return {
+            "queue": self.queue,
+            "max_attempts": max_attempts,
+            "run_at": run_at,
+            "priority": priority,
+            "metadata": metadata,
+            "jobs": self.jobs,
+            "ids": self.ids,
+        }
+
     def single_params(self) -> dict[str, Any]:
         """Keyword arguments of ``push_task`` for a batch of exactly one task."""
         return {

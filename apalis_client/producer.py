@@ -65,6 +65,9 @@ def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any], bool]:
         return gen.PUSH_TASK_SQL, batch.single_params(), True
     if batch.keys:
         return gen.PUSH_TASKS_SQL, batch.params(), False
+    uniform = batch.uniform_params()
+    if uniform is not None:
+        return gen.PUSH_TASKS_UNIFORM_SQL, uniform, True
     return gen.PUSH_TASKS_UNKEYED_SQL, batch.unkeyed_params(), True
 
 
@@ -97,6 +100,8 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
             if len(batch.ids) == 1:
                 single = gen.push_task(conn, **batch.single_params())
                 outcome = single_outcome(batch, 1 if single else 0)
+            elif (uniform := batch.uniform_params()) is not None:
+                outcome = single_outcome(batch, gen.push_tasks_uniform(conn, **uniform))
             elif not batch.keys:
                 inserted = gen.push_tasks_unkeyed(conn, **batch.unkeyed_params())
                 outcome = single_outcome(batch, inserted)
@@ -210,6 +215,9 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
             if len(batch.ids) == 1:
                 single = await gen_async.push_task(conn, **batch.single_params())
                 outcome = single_outcome(batch, 1 if single else 0)
+            elif (uniform := batch.uniform_params()) is not None:
+                inserted = await gen_async.push_tasks_uniform(conn, **uniform)
+                outcome = single_outcome(batch, inserted)
             elif not batch.keys:
                 inserted = await gen_async.push_tasks_unkeyed(conn, **batch.unkeyed_params())
                 outcome = single_outcome(batch, inserted)

@@ -58,3 +58,14 @@ SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
            @priorities::int4[],
            @metadata::text[]
        ) AS t(job, id, max_attempts, run_at, priority, metadata);
+
+-- name: push_tasks_uniform :execrows
+-- Insert a batch of Pending tasks with no idempotency key that share their
+-- run_at, priority, max_attempts and metadata (push_many of plain arguments,
+-- the usual case): only payloads and ids travel as arrays, the rest once.
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
+)
+SELECT t.job, t.id, @queue, 'Pending', 0, @max_attempts::int4, @run_at::timestamptz,
+       @priority::int4, @metadata::text::jsonb
+  FROM unnest(@jobs::bytea[], @ids::text[]) AS t(job, id);

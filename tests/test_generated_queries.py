@@ -357,6 +357,34 @@ def test_push_tasks_unkeyed_inserts_every_row_and_counts_them(
     assert b.metadata == {"x": True}
 
 
+def test_push_tasks_uniform_gives_every_row_the_shared_columns(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    inserted = call(
+        flavor,
+        "push",
+        "push_tasks_uniform",
+        migrated_db,
+        queue=Q,
+        max_attempts=3,
+        run_at=run_at,
+        priority=2,
+        metadata='{"n": 1}',
+        jobs=[b'"a"', b'"b"'],
+        ids=["A", "B"],
+    )
+    assert inserted == 2
+    rows = [find(migrated_db, i) for i in ("A", "B")]
+    assert [(r.job, r.status, r.attempts, r.idempotency_key) for r in rows] == [
+        (b'"a"', "Pending", 0, None),
+        (b'"b"', "Pending", 0, None),
+    ]
+    assert {(r.max_attempts, r.run_at, r.priority, json.dumps(r.metadata)) for r in rows} == {
+        (3, run_at, 2, '{"n": 1}')
+    }
+
+
 def test_push_tasks_idempotency_keys_are_per_queue(flavor: Flavor, migrated_db: str) -> None:
     seed(migrated_db, T(key="k1"), queue="other")
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")]))

@@ -189,6 +189,29 @@ def test_conflicting_batch_leaves_the_transaction_usable(
     assert query(outbox_db, "SELECT idempotency_key FROM apalis.jobs") == [("b",)]
 
 
+def test_batch_of_tasks_with_their_own_columns_stores_each_as_given(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(migrated_db, autocommit=True)
+    soon = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    ids = s.push_many(
+        "q",
+        [
+            Task(args=1, priority=3, max_attempts=2, run_at=soon, metadata={"a": 1}),
+            Task(args=2),
+        ],
+    )
+    rows = query(
+        migrated_db,
+        "SELECT id, priority, max_attempts, extract(epoch FROM run_at)::bigint, metadata "
+        "FROM apalis.jobs ORDER BY job",
+    )
+    assert rows[0] == (ids[0], 3, 2, int(soon.timestamp()), {"a": 1})
+    assert rows[1][:3] == (ids[1], 0, 5)
+    assert rows[1][3] < int(soon.timestamp())
+    assert rows[1][4] == {}
+
+
 def test_duplicate_keys_inside_one_batch_are_a_conflict(
     migrated_db: str, open_session: Open, query: Query
 ) -> None:

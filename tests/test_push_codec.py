@@ -255,6 +255,36 @@ def test_check_inserted_names_the_collided_keys() -> None:
     assert (caught.value.queue, caught.value.keys) == ("q", ["a"])
 
 
+def test_a_batch_sharing_its_columns_goes_as_uniform_params() -> None:
+    batch = batch_of_args("q", [1, 2], JSON)
+    assert batch.uniform_params() == {
+        "queue": "q",
+        "max_attempts": 5,
+        "run_at": batch.run_ats[0],
+        "priority": 0,
+        "metadata": "{}",
+        "jobs": [b"1", b"2"],
+        "ids": batch.ids,
+    }
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"priority": 1},
+        {"max_attempts": 4},
+        {"metadata": {"a": 1}},
+        {"run_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
+        {"idempotency_key": "k"},
+    ],
+    ids=repr,
+)
+def test_a_batch_whose_rows_differ_has_no_uniform_params(second: dict[str, Any]) -> None:
+    first = Task(args=1, run_at=datetime(2029, 1, 1, tzinfo=timezone.utc))
+    other = Task(args=2, **{"run_at": first.run_at, **second})
+    assert batch_of_tasks("q", [first, other], JSON).uniform_params() is None
+
+
 @pytest.mark.parametrize(
     ("status", "autocommit", "keys", "plan"),
     [
