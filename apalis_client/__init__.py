@@ -1,6 +1,7 @@
 """apalis-client: a typed Python client for the apalis job queue on PostgreSQL."""
 
 from apalis_client.codec import Codec, JsonCodec
+from apalis_client.config import Config, WorkerConfig
 from apalis_client.errors import (
     AlreadyRegistered,
     ApalisError,
@@ -33,7 +34,7 @@ from apalis_client.producer import (
 )
 from apalis_client.storage import AsyncPostgresStorage, PostgresStorage
 from apalis_client.task import Task, TaskId
-from apalis_client.worker import Worker, WorkerConfig, WorkerStats
+from apalis_client.worker import Worker, WorkerStats
 from apalis_client.worker_logic import Outcome
 from apalis_client.worker_ops import Lease
 
@@ -44,6 +45,7 @@ __all__ = [
     "ApalisError",
     "AsyncPostgresStorage",
     "Codec",
+    "Config",
     "ConnectionFailed",
     "DatabaseError",
     "DuplicateTaskId",

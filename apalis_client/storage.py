@@ -18,7 +18,7 @@ Args = TypeVar("Args")
 
 
 class QueueConfig(Protocol):
-    """Anything naming a queue, such as a worker ``Config``: it has a ``queue`` attribute."""
+    """Anything naming a queue, such as :class:`~apalis_client.Config`: it has a ``queue``."""
 
     @property
     def queue(self) -> str:

@@ -20,6 +20,7 @@ import pytest
 from conftest import run_sql_file
 from worker_support import Background, push, rows, statuses, task, wait_for
 
+from apalis_client import Config, InvalidArgument, PostgresStorage
 from apalis_client import worker_ops as ops
 from apalis_client.worker import Worker, WorkerConfig
 from apalis_client.worker_logic import TRUNCATION_MARKER
@@ -63,6 +64,27 @@ def test_tasks_run_and_results_are_stored_as_ok(kind: str, migrated_db: str) -> 
     for i, tid in enumerate(ids):
         row = task(migrated_db, tid)
         assert (row["status"], row["attempts"], row["last_result"]) == ("Done", 1, {"Ok": i * 2})
+
+
+def test_one_config_names_the_queue_for_the_storage_and_the_worker(migrated_db: str) -> None:
+    cfg = Config("emails", worker=FAST)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        tid = PostgresStorage[int](cfg).push_with_conn(conn, 21)
+    w = Worker(cfg, lambda n: n * 2, conninfo=migrated_db)
+    assert (w.queue, w.config) == ("emails", FAST)
+    assert w.run(until_idle=True).done == 1
+    row = task(migrated_db, tid)
+    assert (row["job_type"], row["status"], row["last_result"]) == ("emails", "Done", {"Ok": 42})
+
+
+def test_worker_refuses_a_config_and_separate_timing_together() -> None:
+    with pytest.raises(InvalidArgument, match="both a Config for queue 'emails' and config="):
+        Worker(Config("emails"), print, conninfo="postgresql://unused", config=FAST)
+
+
+def test_config_refuses_an_invalid_queue_name() -> None:
+    with pytest.raises(InvalidArgument, match="255"):
+        Config("x" * 256)
 
 
 def test_async_handler_runs_inside_an_existing_event_loop(migrated_db: str) -> None:

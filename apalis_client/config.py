@@ -1,0 +1,66 @@
+"""Queue configuration: which queue, and the worker timing that goes with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from apalis_client import limits
+from apalis_client.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Timing and batching of a :class:`Worker`; the defaults are the Rust runtime's.
+
+    - ``poll_interval``: delay between polls right after work was found (100 ms); each
+      empty poll doubles it up to ``max_poll_interval`` (5 s). With ``listen`` on, polling
+      is only the fallback (and what finds delayed tasks once due).
+    - ``heartbeat_interval``: seconds between heartbeats and orphan re-enqueues (30 s).
+    - ``orphan_threshold``: a worker silent this long is dead; its tasks are re-enqueued
+      and its id may be taken over (300 s).
+    - ``batch_size``: most tasks claimed per statement; None means the free slots, at
+      most 10 (the Rust claim batch).
+    - ``shutdown_timeout``: on stop, how long in-flight tasks may still run before they
+      are acked as failed (30 s).
+    - ``listen``: wake up on ``LISTEN apalis::job::insert`` instead of waiting for a poll.
+    """
+
+    poll_interval: float = 0.1
+    max_poll_interval: float = 5.0
+    heartbeat_interval: float = 30.0
+    orphan_threshold: float = 300.0
+    batch_size: int | None = None
+    shutdown_timeout: float = 30.0
+    listen: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("poll_interval", "max_poll_interval", "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
+        if self.orphan_threshold <= self.heartbeat_interval:
+            raise InvalidArgument(
+                f"orphan_threshold ({self.orphan_threshold}s) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval}s), or live workers would look dead"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidArgument(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.shutdown_timeout < 0:
+            raise InvalidArgument(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One queue and how workers run it: the Python side of the Rust crate's ``Config``.
+
+    ``Config::new("emails")`` in Rust is ``Config("emails")`` here; its worker settings map
+    to :class:`WorkerConfig` (``keep_alive`` → ``heartbeat_interval``, ``buffer_size`` →
+    ``batch_size``, ``poll_interval``, ``reenqueue_orphaned_after`` → ``orphan_threshold``),
+    with the same defaults. ``PostgresStorage``, ``AsyncPostgresStorage`` and ``Worker``
+    take a ``Config`` wherever they take a queue name.
+    """
+
+    queue: str
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    def __post_init__(self) -> None:
+        limits.check_queue(self.queue)
