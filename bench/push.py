@@ -3,7 +3,7 @@
 One run, one fresh database, every case interleaved run by run (so drift hits them alike);
 each figure is the median and range (min–max) over the runs. Not a timed test.
 
-    .venv/bin/python bench/push.py [--url URL] [--runs 7] [--single 300] [--batch 5000]
+    .venv/bin/python bench/push.py [--url URL] [--runs 11] [--single 300] [--batch 5000]
 
 With no --url it uses $APALIS_BENCH_DATABASE_URL, else $APALIS_TEST_DATABASE_URL, else a
 throwaway PostgreSQL (as the tests do). Writes bench/results/push.md and push.png.
@@ -62,21 +62,23 @@ def _row() -> tuple[bytes, str, str, datetime]:
 
 
 # ---- single task per transaction ------------------------------------------------------------
-# Each case gets an autocommit connection (`ac`) and a non-autocommit one (`tx`).
-
-
-def apalis_in_transaction(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
-    with ac.transaction():  # BEGIN, push (savepoint pipelined), COMMIT: 3 round trips
-        push_with_conn(ac, QUEUE, ARGS)
-
-
-def apalis_implicit_transaction(ac: psycopg.Connection[Any], tx: psycopg.Connection[Any]) -> None:
-    push_with_conn(tx, QUEUE, ARGS)  # psycopg's implicit BEGIN, the push, COMMIT: 3 trips
-    tx.commit()
-
+# Every case runs on a connection of its own (autocommit, or psycopg's default where the first
+# statement opens a transaction), so no case inherits another's backend state.
 
 Conn = psycopg.Connection[Any]
-Case = Callable[[Conn, Conn], None]
+Case = Callable[[Conn], None]
+
+
+def apalis_in_transaction(conn: Conn) -> None:
+    with conn.transaction():  # BEGIN, push (savepoint in the INSERT's message), COMMIT: 3 RT
+        push_with_conn(conn, QUEUE, ARGS)
+
+
+def apalis_opens_transaction(conn: Conn) -> None:
+    # psycopg's implicit BEGIN, the push (no savepoint: it opened the transaction), COMMIT
+    push_with_conn(conn, QUEUE, ARGS)
+    conn.commit()
+
 
 # push_with_conn's protocol, done raw (the floor for any Python layer over it).
 ONE_MESSAGE = (
@@ -89,69 +91,57 @@ ONE_MESSAGE = (
 )
 
 
-def _values() -> tuple[str, Any]:
-    return INSERT_ONE, _row()
-
-
-def raw_3_trips(stmt: Callable[[], tuple[str, Any]]) -> Case:
-    def run(ac: Conn, tx: Conn) -> None:
-        ac.execute(b"BEGIN")
-        ac.execute(*stmt())
-        ac.execute(b"COMMIT")
-
-    return run
-
-
-def raw_pipelined(stmt: Callable[[], tuple[str, Any]]) -> Case:
-    def run(ac: Conn, tx: Conn) -> None:
-        with ac.pipeline():
-            ac.execute(b"BEGIN")
-            ac.execute(*stmt())
-            ac.execute(b"COMMIT")
-
-    return run
-
-
-def raw_result_before_commit(stmt: Callable[[], tuple[str, Any]]) -> Case:
-    # What any API that reports the INSERT's outcome before the caller commits needs.
-    def run(ac: Conn, tx: Conn) -> None:
-        with ac.pipeline():
-            ac.execute(b"BEGIN")
-            sql_, params = stmt()
-            cur = ac.execute(sql_ if "RETURNING" in sql_ else sql_ + " RETURNING id", params)
-            if cur.fetchone() is None:  # flushes BEGIN+INSERT; COMMIT is the 2nd trip
-                raise RuntimeError("no row")
-            ac.execute(b"COMMIT")
-
-    return run
-
-
-def raw_savepoint(stmt: Callable[[], tuple[str, Any]]) -> Case:
-    def run(ac: Conn, tx: Conn) -> None:
-        ac.execute(b"BEGIN")
-        ac.execute(SAVEPOINT)
-        ac.execute(*stmt())
-        ac.execute(RELEASE)
-        ac.execute(b"COMMIT")
-
-    return run
-
-
-def raw_push_protocol(ac: Conn, tx: Conn) -> None:
-    # push_with_conn's own protocol without the Python layer: BEGIN, then SAVEPOINT + the
-    # one-row INSERT + RELEASE as one simple-protocol message, then COMMIT.
-    with ac.transaction(), psycopg.ClientCursor(ac) as cur:
+def raw_push_protocol(conn: Conn) -> None:
+    # BEGIN, then SAVEPOINT + the one-row INSERT + RELEASE as one simple-protocol message,
+    # then COMMIT: what push_with_conn sends inside a transaction, without the Python layer.
+    with conn.transaction(), psycopg.ClientCursor(conn) as cur:
         cur.execute(ONE_MESSAGE, _row())
 
 
-SINGLE: list[tuple[str, Case]] = [
-    ("apalis push_with_conn in `with conn.transaction()` (3 RT)", apalis_in_transaction),
-    ("apalis push_with_conn + conn.commit(), implicit BEGIN (3 RT)", apalis_implicit_transaction),
-    ("raw, push's protocol: BEGIN / SAVEPOINT;INSERT;RELEASE / COMMIT (3 RT)", raw_push_protocol),
-    ("raw VALUES: BEGIN / INSERT / COMMIT (3 RT)", raw_3_trips(_values)),
-    ("raw VALUES: pipelined (1 RT)", raw_pipelined(_values)),
-    ("raw VALUES: result read before COMMIT (2 RT)", raw_result_before_commit(_values)),
-    ("raw VALUES: with SAVEPOINT / RELEASE (5 RT)", raw_savepoint(_values)),
+def raw_3_trips(conn: Conn) -> None:
+    conn.execute(b"BEGIN")
+    conn.execute(INSERT_ONE, _row())
+    conn.execute(b"COMMIT")
+
+
+def raw_pipelined(conn: Conn) -> None:
+    with conn.pipeline():
+        conn.execute(b"BEGIN")
+        conn.execute(INSERT_ONE, _row())
+        conn.execute(b"COMMIT")
+
+
+def raw_result_before_commit(conn: Conn) -> None:
+    # What any API that reports the INSERT's outcome before the caller commits needs.
+    with conn.pipeline():
+        conn.execute(b"BEGIN")
+        if conn.execute(INSERT_ONE + " RETURNING id", _row()).fetchone() is None:
+            raise RuntimeError("no row")  # fetchone flushed BEGIN+INSERT; COMMIT is trip 2
+        conn.execute(b"COMMIT")
+
+
+def raw_savepoint(conn: Conn) -> None:
+    conn.execute(b"BEGIN")
+    conn.execute(SAVEPOINT)
+    conn.execute(INSERT_ONE, _row())
+    conn.execute(RELEASE)
+    conn.execute(b"COMMIT")
+
+
+IN_TX = "apalis push_with_conn in `with conn.transaction()` (3 RT)"
+OPENS_TX = "apalis push_with_conn + conn.commit(), the push opens the transaction (3 RT)"
+RAW_PROTOCOL = "raw, push's protocol: BEGIN / SAVEPOINT;INSERT;RELEASE / COMMIT (3 RT)"
+RAW_3RT = "raw VALUES: BEGIN / INSERT / COMMIT (3 RT)"
+RAW_PIPELINED = "raw VALUES: pipelined (1 RT)"
+# name, case, autocommit connection?
+SINGLE: list[tuple[str, Case, bool]] = [
+    (IN_TX, apalis_in_transaction, True),
+    (OPENS_TX, apalis_opens_transaction, False),
+    (RAW_PROTOCOL, raw_push_protocol, True),
+    (RAW_3RT, raw_3_trips, True),
+    (RAW_PIPELINED, raw_pipelined, True),
+    ("raw VALUES: result read before COMMIT (2 RT)", raw_result_before_commit, True),
+    ("raw VALUES: with SAVEPOINT / RELEASE (5 RT)", raw_savepoint, True),
 ]
 
 
@@ -186,21 +176,19 @@ def batch_raw(conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[
 def batch_raw_same_statement(
     conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
 ) -> None:
-    run_at = _now()
-    n = len(args)
+    # The statement push_many_with_conn picks for a batch of plain arguments.
     conn.execute(
-        gen.PUSH_TASKS_SQL,
+        gen.PUSH_TASKS_UNIFORM_SQL,
         {
             "queue": QUEUE,
+            "max_attempts": 5,
+            "run_at": _now(),
+            "priority": 0,
+            "metadata": "{}",
             "jobs": [json.dumps(a, separators=(",", ":")).encode() for a in args],
             "ids": [t.task_id for t in tasks],
-            "max_attempts": [5] * n,
-            "run_ats": [run_at] * n,
-            "priorities": [0] * n,
-            "metadata": ["{}"] * n,
-            "idempotency_keys": [None] * n,
         },
-    ).fetchone()
+    )
 
 
 # Competitors' event loops and connections, closed before the database is dropped.
@@ -289,7 +277,7 @@ def summary(rates: list[float]) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--single", type=int, default=300, help="transactions per run")
     parser.add_argument("--batch", type=int, default=5000, help="tasks per batch")
     parser.add_argument("--no-plot", action="store_true")
@@ -311,25 +299,28 @@ def main(argv: list[str] | None = None) -> int:
         if a.synchronous_commit:
             options["options"] = f"-c synchronous_commit={a.synchronous_commit}"
         ac = psycopg.connect(db, autocommit=True, **options)
-        tx = psycopg.connect(db, **options)
-        single: dict[str, list[float]] = {name: [] for name, _ in SINGLE}
-        for _ in range(2 * 20):  # warm up prepared statements and the table
-            for _, fn in SINGLE:
-                fn(ac, tx)
+        own = {name: psycopg.connect(db, autocommit=auto, **options) for name, _, auto in SINGLE}
+        single: dict[str, list[float]] = {name: [] for name, _, _ in SINGLE}
+        for _ in range(40):  # warm up prepared statements and the table
+            for name, fn, _ in SINGLE:
+                fn(own[name])
         # Cases take turns in chunks of 10 transactions, so a burst of load from elsewhere on
         # the machine lands on all of them rather than on whichever case was running.
         chunk = 10
         for _ in range(a.runs):
             spent = dict.fromkeys(single, 0.0)
             for _ in range(max(1, a.single // chunk)):
-                for name, fn in SINGLE:
+                for name, fn, _ in SINGLE:
+                    conn = own[name]
                     t0 = time.perf_counter()
                     for _ in range(chunk):
-                        fn(ac, tx)
+                        fn(conn)
                     spent[name] += time.perf_counter() - t0
             for name in single:
                 single[name].append(max(1, a.single // chunk) * chunk / spent[name])
             ac.execute(b"TRUNCATE apalis.jobs")
+        for conn in own.values():
+            conn.close()
 
         n = a.batch
         batch: dict[str, list[float]] = {}
@@ -370,7 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         for close in CLOSERS:
             close()
         ac.close()
-        tx.close()
 
     lines = [
         f"push benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {a.runs} runs, "
@@ -384,24 +374,32 @@ def main(argv: list[str] | None = None) -> int:
             med, lo, hi = summary(rates)
             lines.append(f"| {name} | {med:,.0f} [{lo:,.0f}–{hi:,.0f}] {unit} |")
 
-    def med(table: dict[str, list[float]], name: str) -> float:
-        return statistics.median(table[name])
+    def paired(table: dict[str, list[float]], ours: str, base: str) -> str:
+        # Run by run: both cases ran interleaved in the same run, so a slow spell of the
+        # machine divides out; the spread of these ratios is the honest error bar.
+        ratios = [x / y for x, y in zip(table[ours], table[base], strict=True)]
+        return f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}–{max(ratios):.2f}]"
 
-    ours = med(single, "apalis push_with_conn in `with conn.transaction()` (3 RT)")
-    raw_b = med(batch, f"raw unnest INSERT, {n} rows")
-    ours_b = med(batch, f"apalis push_many_with_conn, {n} tasks, autocommit")
+    apalis_batch = f"apalis push_many_with_conn, {n} tasks, autocommit"
     lines += [
         "",
-        "ratios of medians:",
+        "ratios, run by run (median [min–max]):",
         f"- push_with_conn in a transaction / raw VALUES pipelined (1 RT, the issue's target): "
-        f"{ours / med(single, 'raw VALUES: pipelined (1 RT)'):.2f}x",
+        f"{paired(single, IN_TX, RAW_PIPELINED)}",
         f"- push_with_conn in a transaction / raw VALUES BEGIN/INSERT/COMMIT (3 RT): "
-        f"{ours / med(single, 'raw VALUES: BEGIN / INSERT / COMMIT (3 RT)'):.2f}x",
+        f"{paired(single, IN_TX, RAW_3RT)}",
         f"- push_with_conn in a transaction / its own protocol done raw: "
-        f"{ours / med(single, SINGLE[2][0]):.2f}x",
-        f"- push_many_with_conn / raw unnest INSERT: {ours_b / raw_b:.2f}x",
+        f"{paired(single, IN_TX, RAW_PROTOCOL)}",
+        f"- raw, push's protocol / raw VALUES pipelined (1 RT): "
+        f"{paired(single, RAW_PROTOCOL, RAW_PIPELINED)}",
+        f"- push_with_conn + commit, push opens the transaction / raw VALUES pipelined (1 RT): "
+        f"{paired(single, OPENS_TX, RAW_PIPELINED)}",
+        f"- push_with_conn + commit, push opens the transaction / raw BEGIN/INSERT/COMMIT (3 RT): "
+        f"{paired(single, OPENS_TX, RAW_3RT)}",
+        f"- push_many_with_conn / raw unnest INSERT: "
+        f"{paired(batch, apalis_batch, f'raw unnest INSERT, {n} rows')}",
         f"- push_many_with_conn / raw, same statement: "
-        f"{ours_b / med(batch, f'raw, same statement as apalis, {n} rows'):.2f}x",
+        f"{paired(batch, apalis_batch, f'raw, same statement as apalis, {n} rows')}",
     ]
     text = "\n".join(lines)
     print(text)
