@@ -87,6 +87,26 @@ def test_config_refuses_an_invalid_queue_name() -> None:
         Config("x" * 256)
 
 
+def test_worker_reconnects_after_its_connections_are_killed(kind: str, migrated_db: str) -> None:
+    def echo(n: int) -> int:
+        return n
+
+    bg = Background(Worker("q", handler(kind, echo), conninfo=migrated_db, config=FAST))
+    first = push(migrated_db, "q", [1, 2, 3])
+    wait_for(lambda: statuses(migrated_db, "q") == {"Done": 3}, 15, "the first tasks done")
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k"
+        ).fetchone()
+    assert killed is not None and killed[0] >= 2  # claims and acks, LISTEN, heartbeat
+    second = push(migrated_db, "q", [4, 5, 6])
+    wait_for(lambda: statuses(migrated_db, "q") == {"Done": 6}, 20, "the later tasks done")
+    stats = bg.finish()
+    assert (stats.done, stats.stale, stats.lease_lost) == (6, 0, False)
+    assert {task(migrated_db, tid)["attempts"] for tid in first + second} == {1}
+
+
 def test_async_handler_runs_inside_an_existing_event_loop(migrated_db: str) -> None:
     ids = push(migrated_db, "q", [1, 2, 3])
     seen: list[int] = []
