@@ -527,6 +527,21 @@ def test_failed_push_inside_the_callers_pipeline_leaves_the_transaction_usable(
     assert count_jobs(query, outbox_db, "q") == 1
 
 
+def test_failed_push_opening_the_transaction_inside_the_callers_pipeline_leaves_it_usable(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    taken = s.push("q", "first")
+    s.commit()
+    with s.pipeline():
+        with pytest.raises(DuplicateTaskId):
+            s.push_task("q", Task(args="second", task_id=taken))
+        mark(s, "after", "q")
+    s.commit()
+    assert count_business(query, outbox_db, "q") == 1
+    assert count_jobs(query, outbox_db, "q") == 1
+
+
 def test_push_on_an_idle_non_autocommit_connection_opens_the_callers_transaction(
     migrated_db: str, open_session: Open, query: Query
 ) -> None:
