@@ -97,16 +97,12 @@ def push_batch(conn: psycopg.Connection[Any], batch: Batch) -> list[TaskId]:
     outcome: Outcome
     try:
         if plan in _STATEMENT_PLANS:
-            if len(batch.ids) == 1:
-                single = gen.push_task(conn, **batch.single_params())
-                outcome = single_outcome(batch, 1 if single else 0)
-            elif (uniform := batch.uniform_params()) is not None:
-                outcome = single_outcome(batch, gen.push_tasks_uniform(conn, **uniform))
-            elif not batch.keys:
-                inserted = gen.push_tasks_unkeyed(conn, **batch.unkeyed_params())
-                outcome = single_outcome(batch, inserted)
-            else:
-                outcome = _outcome(gen.push_tasks(conn, **batch.params()))
+            sql, params, counts = _batch_statement(batch)
+            with conn.cursor(row_factory=_ROWS) as cur:
+                cur.execute(sql, params)
+                outcome = (
+                    single_outcome(batch, cur.rowcount) if counts else _outcome(cur.fetchone())
+                )
             if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
                 conn.rollback()  # the transaction holds only this push
         elif one_message(plan, batch, _in_pipeline(conn)):
@@ -212,17 +208,14 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
     outcome: Outcome
     try:
         if plan in _STATEMENT_PLANS:
-            if len(batch.ids) == 1:
-                single = await gen_async.push_task(conn, **batch.single_params())
-                outcome = single_outcome(batch, 1 if single else 0)
-            elif (uniform := batch.uniform_params()) is not None:
-                inserted = await gen_async.push_tasks_uniform(conn, **uniform)
-                outcome = single_outcome(batch, inserted)
-            elif not batch.keys:
-                inserted = await gen_async.push_tasks_unkeyed(conn, **batch.unkeyed_params())
-                outcome = single_outcome(batch, inserted)
-            else:
-                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
+            sql, params, counts = _batch_statement(batch)
+            async with conn.cursor(row_factory=_ROWS) as cur:
+                await cur.execute(sql, params)
+                outcome = (
+                    single_outcome(batch, cur.rowcount)
+                    if counts
+                    else _outcome(await cur.fetchone())
+                )
             if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
                 await conn.rollback()
         elif one_message(plan, batch, _in_pipeline(conn)):
