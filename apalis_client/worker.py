@@ -304,8 +304,8 @@ class _Run:
                 await asyncio.sleep(0)
             self.wake.clear()
             try:
-                await self._flush_acks()
                 if self._should_stop_claiming():
+                    await self._flush_acks()
                     return
                 free = self._free_slots()
                 if free > 0 and self.notified:
@@ -341,6 +341,8 @@ class _Run:
                             log.info("worker %s: queue %s is idle", self.w.worker_id, self.w.queue)
                             return
                         next_poll = time.monotonic() + backoff.idle()
+                else:
+                    await self._flush_acks()  # no claim for them to ride with
                 errors.reset()
             except ApalisError as exc:
                 delay = errors.idle()
@@ -360,10 +362,15 @@ class _Run:
 
     async def _claim(self, ids: list[str] | None, free: int) -> list[Job]:
         conn, lease = self._db()
-        if ids is None:
-            claimed = await ops.claim_next_async(conn, lease, batch=free)
-        else:
-            claimed = await ops.claim_by_ids_async(conn, lease, ids, batch=free)
+        # Completions waiting for their ack go with the claim: one round trip, one commit.
+        # Swap before awaiting: completions arriving meanwhile go to the next exchange.
+        done, self.completed = self.completed, []
+        try:
+            report, claimed = await ops.ack_and_claim_async(conn, lease, done, batch=free, ids=ids)
+        except BaseException:
+            self.completed = done + self.completed  # neither happened; retried next turn
+            raise
+        self._count_acks(report)
         if claimed:
             log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
         self.stats.claimed += len(claimed)
@@ -412,6 +419,9 @@ class _Run:
         except BaseException:
             self.completed = batch + self.completed  # retried by the next flush
             raise
+        self._count_acks(report)
+
+    def _count_acks(self, report: ops.AckReport) -> None:
         for status in report.statuses.values():
             if status == "Done":
                 self.stats.done += 1

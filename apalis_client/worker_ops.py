@@ -44,7 +44,8 @@ from apalis_generated import (
     reenqueue,
     reenqueue_async,
 )
-from apalis_generated.models import Job
+from apalis_generated._runtime import model_rows
+from apalis_generated.models import AckBatchRow, Job
 
 log = logging.getLogger("apalis_client.worker")
 
@@ -58,6 +59,8 @@ __all__ = [
     "OrphanReport",
     "Outcome",
     "ack",
+    "ack_and_claim",
+    "ack_and_claim_async",
     "ack_async",
     "ack_many",
     "ack_many_async",
@@ -223,6 +226,25 @@ def _ack_report(items: Sequence[tuple[Job, Outcome]], rows: Sequence[Any]) -> Ac
     return AckReport(statuses=statuses, stale=stale)
 
 
+_ACK_ROWS = model_rows(AckBatchRow)
+_JOB_ROWS = model_rows(Job)
+
+
+def _claim_statement(
+    lease: Lease, ids: Sequence[str] | None, batch: int
+) -> tuple[str, dict[str, Any]]:
+    """The claim that follows an ack batch: the next claimable tasks, or those among ``ids``."""
+    params: dict[str, Any] = {
+        "queue": lease.queue,
+        "batch": _check_batch(batch),
+        "worker_id": lease.worker_id,
+        "lease_token": lease.lease_token,
+    }
+    if ids is None:
+        return lock.CLAIM_NEXT_SQL, params
+    return lock.CLAIM_BY_IDS_SQL, {"ids": list(ids), **params}
+
+
 def _heartbeat_ok(lease: Lease, rows: int) -> None:
     if rows == 0:
         log.error("worker %s lost its lease on queue %s", lease.worker_id, lease.queue)
@@ -329,6 +351,40 @@ def ack_many(
     with database_errors("acknowledge tasks"):
         rows = ack_q.ack_batch(conn, **params)
     return _ack_report(items, rows)
+
+
+def ack_and_claim(
+    conn: psycopg.Connection[Any],
+    lease: Lease,
+    items: Sequence[tuple[Job, Outcome]],
+    *,
+    batch: int,
+    ids: Sequence[str] | None = None,
+) -> tuple[AckReport, list[Job]]:
+    """:func:`ack_many` then :func:`claim_next` (or :func:`claim_by_ids` with ``ids``), sent
+    together: one round trip, and on an idle autocommit connection one transaction.
+
+    Both statements go in one pipeline with no Sync between them, so the server runs them
+    as one implicit transaction: one commit instead of two. If either fails, neither
+    counts: the acks are not recorded and nothing is claimed.
+    """
+    if not items:
+        if ids is None:
+            return AckReport({}, []), claim_next(conn, lease, batch=batch)
+        return AckReport({}, []), claim_by_ids(conn, lease, ids, batch=batch)
+    ack_params = _ack_batch_params(lease, items)
+    claim_sql, claim_params = _claim_statement(lease, ids, batch)
+    with (
+        database_errors("acknowledge tasks and claim more"),
+        conn.cursor(row_factory=_ACK_ROWS) as acks,
+        conn.cursor(row_factory=_JOB_ROWS) as claims,
+    ):
+        with conn.pipeline():
+            acks.execute(ack_q.ACK_BATCH_SQL, ack_params)
+            claims.execute(claim_sql, claim_params)
+        acked = acks.fetchall()
+        claimed = claims.fetchall()
+    return _ack_report(items, acked), claimed
 
 
 def heartbeat(conn: psycopg.Connection[Any], lease: Lease) -> None:
@@ -448,6 +504,34 @@ async def ack_many_async(
     with database_errors("acknowledge tasks"):
         rows = await ack_q_async.ack_batch(conn, **params)
     return _ack_report(items, rows)
+
+
+async def ack_and_claim_async(
+    conn: psycopg.AsyncConnection[Any],
+    lease: Lease,
+    items: Sequence[tuple[Job, Outcome]],
+    *,
+    batch: int,
+    ids: Sequence[str] | None = None,
+) -> tuple[AckReport, list[Job]]:
+    """Async twin of :func:`ack_and_claim`."""
+    if not items:
+        if ids is None:
+            return AckReport({}, []), await claim_next_async(conn, lease, batch=batch)
+        return AckReport({}, []), await claim_by_ids_async(conn, lease, ids, batch=batch)
+    ack_params = _ack_batch_params(lease, items)
+    claim_sql, claim_params = _claim_statement(lease, ids, batch)
+    with database_errors("acknowledge tasks and claim more"):
+        async with (
+            conn.cursor(row_factory=_ACK_ROWS) as acks,
+            conn.cursor(row_factory=_JOB_ROWS) as claims,
+        ):
+            async with conn.pipeline():
+                await acks.execute(ack_q_async.ACK_BATCH_SQL, ack_params)
+                await claims.execute(claim_sql, claim_params)
+            acked = await acks.fetchall()
+            claimed = await claims.fetchall()
+    return _ack_report(items, acked), claimed
 
 
 async def heartbeat_async(conn: psycopg.AsyncConnection[Any], lease: Lease) -> None:

@@ -11,7 +11,13 @@ from conftest import Flavor
 from worker_support import push, rows, task
 
 from apalis_client import worker_ops as ops
-from apalis_client.errors import AlreadyRegistered, StaleAcknowledgement, WorkerNotRegistered
+from apalis_client.errors import (
+    AlreadyRegistered,
+    DatabaseError,
+    InvalidArgument,
+    StaleAcknowledgement,
+    WorkerNotRegistered,
+)
 from apalis_client.worker_logic import HEARTBEAT_TIMEOUT_MESSAGE, Outcome
 from apalis_client.worker_ops import Lease
 
@@ -232,6 +238,89 @@ def test_ack_many_acks_each_under_its_guard_and_reports_the_stale(
     assert report.statuses == {ids[1]: "Done", ids[2]: "Killed"}
     assert [t.id for t in report.stale] == [ids[0]]
     assert task(migrated_db, ids[0])["last_result"] == {"Ok": "already"}
+
+
+def test_ack_and_claim_records_the_acks_and_claims_the_next_tasks(
+    op: Ops, migrated_db: str
+) -> None:
+    lease = op.register_worker("q", "w1")
+    ids = push(migrated_db, "q", [0, 1, 2, 3], max_attempts=1)
+    first = op.claim_next(lease, batch=2)
+    report, claimed = op.ack_and_claim(
+        lease, [(first[0], Outcome.success("ok")), (first[1], Outcome.failure("boom"))], batch=5
+    )
+    assert report.statuses == {ids[0]: "Done", ids[1]: "Killed"}
+    assert report.stale == []
+    assert [t.id for t in claimed] == ids[2:]
+    assert {t.status for t in claimed} == {"Running"}
+
+
+def test_ack_and_claim_runs_both_in_one_transaction(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    ids = push(migrated_db, "q", [0, 1, 2, 3])
+    first = op.claim_next(lease, batch=2)
+    op.ack_and_claim(lease, [(t, Outcome.success(None)) for t in first], batch=2)
+    # Rows written by one transaction carry its id as xmin.
+    xmins = rows(migrated_db, "SELECT DISTINCT xmin::text FROM apalis.jobs WHERE id = ANY(%s)", ids)
+    assert len(xmins) == 1
+
+
+def test_ack_and_claim_with_ids_claims_only_those(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    ids = push(migrated_db, "q", [0, 1, 2])
+    (first,) = op.claim_by_ids(lease, [ids[0]], batch=1)
+    report, claimed = op.ack_and_claim(lease, [(first, Outcome.success(1))], batch=10, ids=[ids[2]])
+    assert report.statuses == {ids[0]: "Done"}
+    assert [t.id for t in claimed] == [ids[2]]
+    assert task(migrated_db, ids[1])["status"] == "Pending"
+
+
+def test_ack_and_claim_reports_stale_acks_and_still_claims(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    ids = push(migrated_db, "q", [0, 1])
+    (first,) = op.claim_next(lease, batch=1)
+    op.ack(lease, first, Outcome.success("already"))
+    report, claimed = op.ack_and_claim(lease, [(first, Outcome.success("again"))], batch=1)
+    assert [t.id for t in report.stale] == [ids[0]]
+    assert [t.id for t in claimed] == [ids[1]]
+    assert task(migrated_db, ids[0])["last_result"] == {"Ok": "already"}
+
+
+def test_ack_and_claim_without_acks_is_a_plain_claim(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    ids = push(migrated_db, "q", [0, 1])
+    report, claimed = op.ack_and_claim(lease, [], batch=1)
+    assert (report.statuses, report.stale) == ({}, [])
+    assert [t.id for t in claimed] == ids[:1]
+
+
+def test_ack_and_claim_whose_claim_fails_records_no_ack(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    ids = push(migrated_db, "q", [0, 1])
+    (first,) = op.claim_next(lease, batch=1)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        # A real server-side failure of the second statement only: claims are refused.
+        conn.execute(
+            "CREATE FUNCTION refuse_claims() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF OLD.status = 'Pending' THEN RAISE EXCEPTION 'claims refused'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_claims BEFORE UPDATE ON apalis.jobs "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_claims()"
+        )
+    with pytest.raises(DatabaseError, match="acknowledge tasks and claim more.*claims refused"):
+        op.ack_and_claim(lease, [(first, Outcome.success(1))], batch=1)
+    assert [task(migrated_db, i)["status"] for i in ids] == ["Running", "Pending"]
+
+
+def test_ack_and_claim_rejects_a_batch_below_one_before_any_sql(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    push(migrated_db, "q", [0, 1])
+    (first,) = op.claim_next(lease, batch=1)
+    with pytest.raises(InvalidArgument, match="batch must be at least 1, got 0"):
+        op.ack_and_claim(lease, [(first, Outcome.success(1))], batch=0)
+    assert task(migrated_db, first.id)["status"] == "Running"
 
 
 def test_ack_after_losing_the_lease_is_stale(op: Ops, migrated_db: str) -> None:
