@@ -84,7 +84,8 @@ def worker_config(cls: Any, poll_seconds: float | None) -> tuple[Any, dict[str, 
 
 
 def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
-    """claim_next(10) then ack (per task or ack_batch), exactly the statements in queries/."""
+    """claim_next(10) then ack (per task, ack_batch, or ack_batch pipelined with the next
+    claim), exactly the statements in queries/."""
     import psycopg
     from psycopg.rows import dict_row
     from ulid import ULID
@@ -118,31 +119,45 @@ def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
             return 0
         deadline = time.monotonic() + spec["timeout"]
         guard = {"queue": QUEUE, "worker_id": worker_id, "lease_token": lease}
+
+        def batch_params(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                **guard,
+                "ids": [j["id"] for j in jobs],
+                "attempts": [j["attempts"] for j in jobs],
+                "lock_ats": [j["lock_at"] for j in jobs],
+                "outcomes": ["Done"] * len(jobs),
+                "results": [ok_result] * len(jobs),
+            }
+
+        def check(acked: list[Any], jobs: list[dict[str, Any]]) -> None:
+            if len(acked) != len(jobs):
+                raise RuntimeError(f"stale acks: {len(jobs) - len(acked)}")
+
         done = 0
+        unacked: list[dict[str, Any]] = []  # "pipelined": handled, acked with the next claim
         # At most one claim per task plus the final empty one: the loop cannot spin forever.
         for _ in range(spec["tasks"] + 2):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"raw loop: {done} tasks after {spec['timeout']} s")
-            rows = conn.execute(claim, {**guard, "batch": 10})
+            if unacked:
+                # ack_batch and the next claim in one exchange and one implicit transaction.
+                with conn.pipeline():
+                    acks = conn.execute(ack_batch, batch_params(unacked))
+                    rows = conn.execute(claim, {**guard, "batch": 10})
+                check(acks.fetchall(), unacked)
+                unacked = []
+            else:
+                rows = conn.execute(claim, {**guard, "batch": 10})
             jobs = rows.fetchall()
             if not jobs:
                 break
             for job in jobs:
                 json.loads(job["job"])  # the no-op handler still gets its decoded args
-            if spec["ack"] == "batch":
-                acked = conn.execute(
-                    ack_batch,
-                    {
-                        **guard,
-                        "ids": [j["id"] for j in jobs],
-                        "attempts": [j["attempts"] for j in jobs],
-                        "lock_ats": [j["lock_at"] for j in jobs],
-                        "outcomes": ["Done"] * len(jobs),
-                        "results": [ok_result] * len(jobs),
-                    },
-                ).fetchall()
-                if len(acked) != len(jobs):
-                    raise RuntimeError(f"stale acks: {len(jobs) - len(acked)}")
+            if spec["ack"] == "pipelined":
+                unacked = jobs
+            elif spec["ack"] == "batch":
+                check(conn.execute(ack_batch, batch_params(jobs)).fetchall(), jobs)
             else:
                 for j in jobs:
                     cur = conn.execute(
