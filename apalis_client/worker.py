@@ -34,6 +34,7 @@ from apalis_client.worker_logic import (
     Backoff,
     HandlerSpec,
     Outcome,
+    acks_go_first,
     claim_size,
     inspect_handler,
     outcome_for_exception,
@@ -308,6 +309,14 @@ class _Run:
                     await self._flush_acks()
                     return
                 free = self._free_slots()
+                if acks_go_first(
+                    free=free,
+                    full=self._full_claim(),
+                    in_flight=len(self.in_flight),
+                    completed=len(self.completed),
+                ):
+                    await self._flush_acks()  # running handlers finish meanwhile
+                    free = self._free_slots()
                 if free > 0 and self.notified:
                     ids = list(self.notified)[:100]
                     for i in ids:
@@ -359,6 +368,11 @@ class _Run:
                 timeout = max(0.0, next_poll - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
+
+    def _full_claim(self) -> int:
+        return claim_size(
+            concurrency=self.w.concurrency, in_flight=0, batch_size=self.cfg.batch_size
+        )
 
     async def _claim(self, ids: list[str] | None, free: int) -> list[Job]:
         conn, lease = self._db()

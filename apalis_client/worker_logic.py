@@ -172,6 +172,18 @@ def claim_size(*, concurrency: int, in_flight: int, batch_size: int | None) -> i
     return max(0, min(concurrency - in_flight, cap))
 
 
+def acks_go_first(*, free: int, full: int, in_flight: int, completed: int) -> bool:
+    """Whether to send the waiting acks on their own before claiming, not with the claim.
+
+    The acks normally ride with the next claim (one round trip). But while handlers are
+    still running and fewer than half of the ``full`` claim's slots are free, that claim
+    would be small; sending the acks first lets the running handlers finish meanwhile and
+    join a fuller claim. Thread-pool handlers finish a few at a time, so without this they
+    would be claimed for in twos and threes.
+    """
+    return in_flight > 0 and completed > 0 and free * 2 < full
+
+
 @dataclass(frozen=True)
 class HandlerSpec:
     """What the runner needs to know about a handler: how to decode its argument, sync or async."""

@@ -17,6 +17,7 @@ from apalis_client.worker_logic import (
     Backoff,
     InsertEvent,
     Outcome,
+    acks_go_first,
     claim_size,
     exception_message,
     inspect_handler,
@@ -132,6 +133,21 @@ def test_backoff_doubles_while_idle_up_to_cap_and_resets() -> None:
 def test_backoff_cap_below_base_uses_base() -> None:
     b = Backoff(5.0, 1.0)
     assert [b.idle(), b.idle()] == [5.0, 5.0]
+
+
+def test_acks_ride_with_the_claim_when_half_the_slots_are_free() -> None:
+    assert not acks_go_first(free=5, full=10, in_flight=5, completed=5)
+    assert not acks_go_first(free=10, full=10, in_flight=0, completed=10)
+
+
+def test_acks_go_first_while_a_claim_would_be_small_and_handlers_still_run() -> None:
+    assert acks_go_first(free=4, full=10, in_flight=6, completed=4)
+    assert acks_go_first(free=0, full=1, in_flight=1, completed=1)
+
+
+def test_acks_wait_for_the_claim_when_nothing_is_running_or_nothing_to_ack() -> None:
+    assert not acks_go_first(free=2, full=10, in_flight=0, completed=2)
+    assert not acks_go_first(free=2, full=10, in_flight=8, completed=0)
 
 
 def test_claim_size_is_free_slots_capped_at_ten() -> None:
