@@ -175,13 +175,12 @@ def claim_size(*, concurrency: int, in_flight: int, batch_size: int | None) -> i
 def acks_go_first(*, free: int, full: int, in_flight: int, completed: int) -> bool:
     """Whether to send the waiting acks on their own before claiming, not with the claim.
 
-    The acks normally ride with the next claim (one round trip). But while handlers are
-    still running and fewer than half of the ``full`` claim's slots are free, that claim
-    would be small; sending the acks first lets the running handlers finish meanwhile and
-    join a fuller claim. Thread-pool handlers finish a few at a time, so without this they
-    would be claimed for in twos and threes.
+    The acks ride with the next claim (one round trip) when that claim takes a full batch.
+    While handlers are still running and the claim would be smaller, the acks go first:
+    the running handlers finish meanwhile and join a fuller claim. Thread-pool handlers
+    finish a few at a time, so without this they would be claimed for in twos and fives.
     """
-    return in_flight > 0 and completed > 0 and free * 2 < full
+    return in_flight > 0 and completed > 0 and free < full
 
 
 @dataclass(frozen=True)

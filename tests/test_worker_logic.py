@@ -135,12 +135,13 @@ def test_backoff_cap_below_base_uses_base() -> None:
     assert [b.idle(), b.idle()] == [5.0, 5.0]
 
 
-def test_acks_ride_with_the_claim_when_half_the_slots_are_free() -> None:
-    assert not acks_go_first(free=5, full=10, in_flight=5, completed=5)
+def test_acks_ride_with_a_full_claim() -> None:
     assert not acks_go_first(free=10, full=10, in_flight=0, completed=10)
+    assert not acks_go_first(free=10, full=10, in_flight=30, completed=5)
 
 
-def test_acks_go_first_while_a_claim_would_be_small_and_handlers_still_run() -> None:
+def test_acks_go_first_while_a_claim_would_be_short_and_handlers_still_run() -> None:
+    assert acks_go_first(free=9, full=10, in_flight=1, completed=9)
     assert acks_go_first(free=4, full=10, in_flight=6, completed=4)
     assert acks_go_first(free=0, full=1, in_flight=1, completed=1)
 
