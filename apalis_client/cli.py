@@ -76,7 +76,7 @@ def _cmd_demo(url: str | None) -> int:
         )
         verified = verify_schema(conn)
         print("verify:", "OK (generation 14)" if verified.ok else verified.problems)
-        from apalis_client.migrate import _read_catalog
+        from apalis_client.migrate_sync import _read_catalog
 
         catalog = _read_catalog(conn)
         for kind in ("relations", "constraints", "indexes", "functions", "triggers"):

@@ -75,7 +75,7 @@ def worker_config(cls: Any, poll_seconds: float | None) -> tuple[Any, dict[str, 
             changes[name] = float(poll_seconds)
     if not changes:
         raise RuntimeError(f"WorkerConfig has no poll interval field among {sorted(current)}")
-    if dataclasses.is_dataclass(base):
+    if dataclasses.is_dataclass(base) and not isinstance(base, type):
         return dataclasses.replace(base, **changes), changes
     return cls(**{**current, **changes}), changes
 
@@ -201,7 +201,7 @@ def raw_listen(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
 def apalis_worker_api() -> tuple[Any, Any]:
     """(Worker, WorkerConfig): from the package root, else from apalis_client.worker."""
     try:
-        from apalis_client import Worker, WorkerConfig  # type: ignore[attr-defined]
+        from apalis_client import Worker, WorkerConfig
     except ImportError:
         from apalis_client.worker import Worker, WorkerConfig
     return Worker, WorkerConfig

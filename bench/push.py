@@ -149,6 +149,9 @@ SINGLE: list[tuple[str, Case, bool]] = [
 # ---- batches ----------------------------------------------------------------------------------
 
 
+BatchCase = Callable[[psycopg.Connection[Any], list[Task[Any]], list[Any]], None]
+
+
 def batch_apalis(conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]) -> None:
     ids = push_many_with_conn(conn, QUEUE, tasks)
     assert len(ids) == len(tasks)
@@ -250,7 +253,8 @@ def batch_procrastinate(url: str, n: int) -> Callable[[], None] | None:
     CLOSERS.append(close)
 
     def run() -> None:
-        loop.run_until_complete(noop.batch_defer_async(*(ARGS for _ in range(n))))
+        jobs: list[dict[str, Any]] = [dict(ARGS) for _ in range(n)]
+        loop.run_until_complete(noop.batch_defer_async(*jobs))
 
     return run
 
@@ -297,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     with database(url) as db:
         with psycopg.connect(db, autocommit=True) as conn:
             apalis_client.migrate(conn)
-        options = {}
-        if a.synchronous_commit:
-            options["options"] = f"-c synchronous_commit={a.synchronous_commit}"
-        ac = psycopg.connect(db, autocommit=True, **options)
-        own = {name: psycopg.connect(db, autocommit=auto, **options) for name, _, auto in SINGLE}
+        options = f"-c synchronous_commit={a.synchronous_commit}" if a.synchronous_commit else ""
+        ac = psycopg.connect(db, autocommit=True, options=options)
+        own = {
+            name: psycopg.connect(db, autocommit=auto, options=options) for name, _, auto in SINGLE
+        }
         single: dict[str, list[float]] = {name: [] for name, _, _ in SINGLE}
         for _ in range(40):  # warm up prepared statements and the table
             for name, fn, _ in SINGLE:
@@ -329,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         cases: list[tuple[str, Callable[[], None]]] = []
         tasks_box: list[list[Task[Any]]] = [[]]
         args = [dict(ARGS, n=i) for i in range(n)]
-        for name, fn in (
+
+        def on_batch(fn: BatchCase) -> Callable[[], None]:
+            return lambda: fn(ac, tasks_box[0], args)
+
+        batch_cases: list[tuple[str, BatchCase]] = [
             (f"apalis push_many_with_conn, {n} tasks, autocommit", batch_apalis),
             (
                 f"apalis push_many_with_conn, {n} tasks, in a transaction",
@@ -337,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             (f"raw unnest INSERT, {n} rows", batch_raw),
             (f"raw, same statement as apalis, {n} rows", batch_raw_same_statement),
-        ):
-            cases.append((name, lambda fn=fn: fn(ac, tasks_box[0], args)))
+        ]
+        cases += [(name, on_batch(fn)) for name, fn in batch_cases]
         for name, make in (
             (f"pgqueuer Queries.enqueue, {n} jobs", batch_pgqueuer),
             (f"procrastinate batch_defer_async, {n} jobs", batch_procrastinate),

@@ -315,7 +315,8 @@ class Processes:
 
     def finish(self, timeout: float) -> tuple[float, int]:
         """Wait for every child's "done"; returns the last end time and the tasks counted."""
-        deadline, ends, count = time.monotonic() + timeout, [], 0
+        deadline, count = time.monotonic() + timeout, 0
+        ends: list[float] = []
         while len(ends) < len(self.procs):
             msg = self.message(deadline)
             if msg[0] == "done":
@@ -328,7 +329,7 @@ class Processes:
 
 
 def throughput(server: Server, case: Case, args: argparse.Namespace) -> float:
-    n = args.tasks
+    n: int = args.tasks
     with server.fresh_database(case.system) as url:
         if case.system in ("raw", "ours"):
             migrate_apalis(url)
@@ -348,7 +349,7 @@ def throughput(server: Server, case: Case, args: argparse.Namespace) -> float:
             watch.begin()
             t_exit, _ = procs.finish(args.timeout + 10)
         check(url, n)
-        t1 = min(t_exit, watch.seen_done or t_exit)
+        t1: float = min(t_exit, watch.seen_done or t_exit)
         if t_exit - t1 > 0.05:
             print(
                 f"(last worker exited {t_exit - t1:.2f} s after the last task completed)", end=" "

@@ -19,6 +19,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from apalis_codegen import unasync
 from apalis_codegen.main import main as codegen_main
 from apalis_codegen.render import TEMPLATES
 
@@ -429,3 +430,109 @@ def test_repository_generated_code_is_fresh(
     code, out, err = _run(["--check", "--database-url", server_url], capsys)
     assert code == 0, err
     assert "up to date" in out
+
+
+# ---- unasync: sync twins of the client's hand-written async modules ------------------------------
+
+UNASYNC = Path(__file__).resolve().parent / "golden" / "unasync"
+
+
+def test_unasync_output_matches_its_golden_copy(in_repo: None) -> None:
+    source = UNASYNC / "things_async.py"
+    produced = unasync.to_sync(
+        source.read_text(),
+        source,
+        UNASYNC / "things_sync.py",
+        "tests/golden/unasync/things_async.py",
+    )
+    expected = (UNASYNC / "things_sync.py").read_text()
+    diff = "".join(
+        difflib.unified_diff(expected.splitlines(True), produced.splitlines(True), "golden", "now")
+    )
+    assert not diff, f"things_sync.py differs from its golden copy:\n{diff}"
+
+
+def test_unasync_golden_twins_behave_alike(migrated_db: str) -> None:
+    sys.path.insert(0, str(UNASYNC))
+    try:
+        things = importlib.import_module("things_sync")
+        things_async = importlib.import_module("things_async")
+    finally:
+        sys.path.remove(str(UNASYNC))
+
+    async def run_async() -> tuple[int, list[Any], int, int]:
+        async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
+            return (
+                await things_async.count_async(conn),
+                await things_async.rows_async(conn),
+                await things_async.guarded_async(conn),
+                await things_async.doubled_async(conn),
+            )
+
+    with psycopg.connect(migrated_db) as conn:
+        sync = (things.count(conn), things.rows(conn), things.guarded(conn), things.doubled(conn))
+    assert sync == asyncio.run(run_async()) == (1, [(1,), 1], 2, 3)
+
+
+@pytest.fixture
+def client_copy(tmp_path: Path) -> Path:
+    """A package holding one hand-written async module and its generated twin."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    shutil.copy(UNASYNC / "things_async.py", pkg / "things_async.py")
+    assert unasync.write(pkg) == [f"wrote {pkg / 'things_sync.py'}"]
+    assert unasync.check(pkg) == []
+    return pkg
+
+
+def test_unasync_check_flags_a_twin_whose_source_changed(client_copy: Path) -> None:
+    source = client_copy / "things_async.py"
+    source.write_text(source.read_text().replace("SELECT 1", "SELECT 2"))
+    (problem,) = unasync.check(client_copy)
+    assert problem.endswith("things_sync.py: stale (" + str(source) + " changed since)")
+
+
+def test_unasync_check_flags_a_hand_edited_twin(client_copy: Path) -> None:
+    twin = client_copy / "things_sync.py"
+    twin.write_text(twin.read_text().replace("return -1", "return -2"))
+    (problem,) = unasync.check(client_copy)
+    assert problem.endswith("things_sync.py: edited by hand (differs from a regeneration)")
+
+
+def test_unasync_check_flags_a_missing_twin(client_copy: Path) -> None:
+    (client_copy / "things_sync.py").unlink()
+    (problem,) = unasync.check(client_copy)
+    assert "things_sync.py: missing" in problem
+
+
+def test_unasync_flags_and_removes_a_twin_whose_source_is_gone(client_copy: Path) -> None:
+    (client_copy / "things_async.py").unlink()
+    (problem,) = unasync.check(client_copy)
+    assert problem.endswith(
+        "things_sync.py: generated, but its source "
+        + str(client_copy / "things_async.py")
+        + " is gone"
+    )
+    assert unasync.write(client_copy) == [
+        f"removed {client_copy / 'things_sync.py'} (its source is gone)"
+    ]
+    assert not (client_copy / "things_sync.py").exists()
+
+
+def test_unasync_leaves_a_hand_written_sync_module_alone(client_copy: Path) -> None:
+    # Only files carrying the generator's header are its to check or remove.
+    (client_copy / "manual_sync.py").write_text('"""Written by hand."""\n')
+    assert unasync.check(client_copy) == []
+    assert unasync.write(client_copy) == []
+    assert (client_copy / "manual_sync.py").exists()
+
+
+def test_unasync_names_the_line_of_an_async_it_cannot_rewrite(client_copy: Path) -> None:
+    source = client_copy / "things_async.py"
+    source.write_text(source.read_text() + "\nasync = 1\n")
+    with pytest.raises(unasync.UnasyncError, match=r"things_async.py:\d+: 'async' before '='"):
+        unasync.write(client_copy)
+
+
+def test_repository_sync_twins_are_fresh(in_repo: None) -> None:
+    assert unasync.check(Path("apalis_client")) == []

@@ -309,7 +309,7 @@ def test_ack_and_claim_whose_claim_fails_records_no_ack(op: Ops, migrated_db: st
             "CREATE TRIGGER refuse_claims BEFORE UPDATE ON apalis.jobs "
             "FOR EACH ROW EXECUTE FUNCTION refuse_claims()"
         )
-    with pytest.raises(DatabaseError, match="acknowledge tasks and claim more.*claims refused"):
+    with pytest.raises(DatabaseError, match=r"acknowledge tasks and claim more.*claims refused"):
         op.ack_and_claim(lease, [(first, Outcome.success(1))], batch=1)
     assert [task(migrated_db, i)["status"] for i in ids] == ["Running", "Pending"]
 

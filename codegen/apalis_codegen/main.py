@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 
+from apalis_codegen import unasync
 from apalis_codegen.describe import apply_schema, describe, schema_files
 from apalis_codegen.parse import QueryFileError, Statement, parse_file
 from apalis_codegen.pgfind import scratch_database
@@ -224,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="jinja2 template folder (default: the generator's own)",
     )
     parser.add_argument(
+        "--client",
+        type=Path,
+        default=Path("apalis_client"),
+        help="package whose *_async.py modules get a generated *_sync.py twin",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit 1 if the generated code is stale (offline hash check; with --database-url "
@@ -235,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.check:
-            problems = check_offline(options)
+            problems = check_offline(options) + unasync.check(args.client)
             diffs = check_online(options) if options.database_url else []
             if problems or diffs:
                 for line in problems:
@@ -246,9 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print(f"generated code in {_shown(options.package_dir)} is up to date")
             return 0
-        for line in write(options, generate(options)) or ["nothing changed"]:
+        changes = write(options, generate(options)) + unasync.write(args.client)
+        for line in changes or ["nothing changed"]:
             print(line)
         return 0
-    except QueryFileError as exc:
+    except (QueryFileError, unasync.UnasyncError) as exc:
         print(f"codegen: {exc}", file=sys.stderr)
         return 2
