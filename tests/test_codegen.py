@@ -536,3 +536,15 @@ def test_unasync_names_the_line_of_an_async_it_cannot_rewrite(client_copy: Path)
 
 def test_repository_sync_twins_are_fresh(in_repo: None) -> None:
     assert unasync.check(Path("apalis_client")) == []
+
+
+def test_check_command_fails_on_a_stale_sync_twin(
+    client_copy: Path, in_repo: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(["--check", "--client", str(client_copy)], capsys)
+    assert code == 0 and "sync twins" in out
+    source = client_copy / "things_async.py"
+    source.write_text(source.read_text().replace("SELECT 1", "SELECT 2"))
+    code, _, err = _run(["--check", "--client", str(client_copy)], capsys)
+    assert code == 1
+    assert "things_sync.py: stale" in err and "generated code is stale" in err

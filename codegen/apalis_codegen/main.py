@@ -251,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sys.stderr.write(diff)
                 print(f"generated code is stale; fix it with: {options.command()}", file=sys.stderr)
                 return 1
-            print(f"generated code in {_shown(options.package_dir)} is up to date")
+            print(
+                f"generated code in {_shown(options.package_dir)} and the sync twins in "
+                f"{_shown(args.client)} are up to date"
+            )
             return 0
         changes = write(options, generate(options)) + unasync.write(args.client)
         for line in changes or ["nothing changed"]:
