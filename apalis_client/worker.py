@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -377,13 +377,8 @@ class _Run:
     async def _claim(self, ids: list[str] | None, free: int) -> list[Job]:
         conn, lease = self._db()
         # Completions waiting for their ack go with the claim: one round trip, one commit.
-        # Swap before awaiting: completions arriving meanwhile go to the next exchange.
-        done, self.completed = self.completed, []
-        try:
+        with self._taking_completions() as done:
             report, claimed = await ops.ack_and_claim_async(conn, lease, done, batch=free, ids=ids)
-        except BaseException:
-            self.completed = done + self.completed  # neither happened; retried next turn
-            raise
         self._count_acks(report)
         if claimed:
             log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
@@ -426,14 +421,22 @@ class _Run:
         if not self.completed:
             return
         conn, lease = self._db()
-        # Swap before awaiting: completions arriving meanwhile go to the next flush.
-        batch, self.completed = self.completed, []
-        try:
-            report = await ops.ack_many_async(conn, lease, batch)
-        except BaseException:
-            self.completed = batch + self.completed  # retried by the next flush
-            raise
+        with self._taking_completions() as done:
+            report = await ops.ack_many_async(conn, lease, done)
         self._count_acks(report)
+
+    @contextlib.contextmanager
+    def _taking_completions(self) -> Iterator[list[tuple[Job, Outcome]]]:
+        """The completions to ack now; if acking them fails, they go back for the next try.
+
+        Taken before awaiting, so completions arriving meanwhile wait for the next exchange.
+        """
+        done, self.completed = self.completed, []
+        try:
+            yield done
+        except BaseException:
+            self.completed = done + self.completed
+            raise
 
     def _count_acks(self, report: ops.AckReport) -> None:
         for status in report.statuses.values():
