@@ -548,3 +548,4 @@ def test_check_command_fails_on_a_stale_sync_twin(
     code, _, err = _run(["--check", "--client", str(client_copy)], capsys)
     assert code == 1
     assert "things_sync.py: stale" in err and "generated code is stale" in err
+    assert f"--client {client_copy}" in err  # the printed fix regenerates the same package

@@ -17,6 +17,7 @@ import psycopg
 from apalis_codegen import unasync
 from apalis_codegen.describe import apply_schema, describe, schema_files
 from apalis_codegen.parse import QueryFileError, Statement, parse_file
+from apalis_codegen.paths import shown as _shown
 from apalis_codegen.pgfind import scratch_database
 from apalis_codegen.render import (
     HEADER_MARK,
@@ -27,6 +28,8 @@ from apalis_codegen.render import (
     template_files,
 )
 
+# The package whose hand-written *_async.py modules get generated *_sync.py twins.
+CLIENT = Path("apalis_client")
 _DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.MULTILINE)
 
 
@@ -40,6 +43,7 @@ class Options:
     package: str
     database_url: str | None = None
     templates: Path = TEMPLATES
+    client: Path = CLIENT
 
     @property
     def package_dir(self) -> Path:
@@ -52,14 +56,8 @@ class Options:
             f"python -m codegen --queries {self.queries} --schema {self.schema} "
             f"--out {self.out} --package {self.package}"
             + ("" if self.templates == TEMPLATES else f" --templates {self.templates}")
+            + ("" if self.client == CLIENT else f" --client {self.client}")
         )
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def query_files(options: Options) -> list[Path]:
@@ -227,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--client",
         type=Path,
-        default=Path("apalis_client"),
+        default=CLIENT,
         help="package whose *_async.py modules get a generated *_sync.py twin",
     )
     parser.add_argument(
@@ -238,11 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     options = Options(
-        args.queries, args.schema, args.out, args.package, args.database_url, args.templates
+        args.queries,
+        args.schema,
+        args.out,
+        args.package,
+        args.database_url,
+        args.templates,
+        args.client,
     )
     try:
         if args.check:
-            problems = check_offline(options) + unasync.check(args.client)
+            problems = check_offline(options) + unasync.check(options.client)
             diffs = check_online(options) if options.database_url else []
             if problems or diffs:
                 for line in problems:
@@ -253,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print(
                 f"generated code in {_shown(options.package_dir)} and the sync twins in "
-                f"{_shown(args.client)} are up to date"
+                f"{_shown(options.client)} are up to date"
             )
             return 0
-        changes = write(options, generate(options)) + unasync.write(args.client)
+        changes = write(options, generate(options)) + unasync.write(options.client)
         for line in changes or ["nothing changed"]:
             print(line)
         return 0
