@@ -34,6 +34,7 @@ _RENAMES = {
     "AsyncPipeline": "Pipeline",
     "AsyncIterator": "Iterator",
     "AsyncConnectionPool": "ConnectionPool",
+    "AsyncPostgresStorage": "PostgresStorage",
 }
 _DROPPED_COMMENT = re.compile(r"^[ \t]*# unasync:.*\n", re.MULTILINE)
 _SOURCE_LINE = re.compile(r"^# source-sha256: ([0-9a-f]{64})$", re.MULTILINE)
