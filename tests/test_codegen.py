@@ -18,6 +18,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from apalis_codegen import unasync
 from apalis_codegen.main import main as codegen_main
@@ -168,6 +169,38 @@ def test_one_returns_the_table_model_with_python_types(
     assert item.ref == UUID(int=1)
     assert item.created_at.tzinfo is not None
     assert item.active is True
+
+
+def test_server_prepared_pair_inserts_what_the_function_would(
+    golden: dict[str, ModuleType], shop_db: str
+) -> None:
+    items = golden["items"]
+    with psycopg.connect(shop_db) as conn:
+        conn.execute(items.ADD_ITEM_PREPARE_SQL)
+        with psycopg.ClientCursor(conn) as cur:  # client-side binding: one simple message
+            cur.execute(
+                items.ADD_ITEM_EXECUTE_SQL,
+                {
+                    "id": 7,
+                    "name": "item 7",
+                    "price": Decimal("1.25"),
+                    "tags": ["x", None],
+                    "attrs": Jsonb({"k": 1}),
+                    "available_on": None,
+                    "ref": UUID(int=7),
+                    "picture": b"\x00\xff",
+                },
+            )
+        names = conn.execute("SELECT name FROM pg_prepared_statements").fetchall()
+        item = items.get_item(conn, id=7)
+    assert names == [(items.ADD_ITEM_PREPARED_NAME,)]
+    assert item is not None
+    assert (item.price, item.tags, item.attrs, item.picture) == (
+        Decimal("1.25"),
+        ["x", None],
+        {"k": 1},
+        b"\x00\xff",
+    )
 
 
 def test_one_returns_none_when_no_row(
@@ -347,6 +380,15 @@ def test_one_without_columns_is_an_error(
     code, _, err = _run(_options(case_copy, tmp_path / "out", server_url), capsys)
     assert code == 2
     assert "is :one but returns no columns" in err
+
+
+def test_unknown_prepare_value_names_the_query(
+    case_copy: Path, server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_query(case_copy, "-- name: one_item :one\n-- prepare: client\nSELECT 1 AS x;\n")
+    code, _, err = _run(_options(case_copy, tmp_path / "out", server_url), capsys)
+    assert code == 2
+    assert "'-- prepare: client' on query 'one_item'; the only value is 'server'" in err
 
 
 # ---- staleness ---------------------------------------------------------------------------------

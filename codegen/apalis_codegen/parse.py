@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,10 @@ from pathlib import Path
 COMMANDS = ("one", "many", "exec", "execrows")
 _HEADER = re.compile(r"^--\s*name:\s*(?P<rest>.*)$")
 _HEADER_FULL = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s+:(?P<command>\w+)\s*$")
-_DIRECTIVE = re.compile(r"^--\s*(?P<key>nullable|not-null|nullable-column):\s*(?P<value>.*)$")
+_DIRECTIVE = re.compile(
+    r"^--\s*(?P<key>nullable|not-null|nullable-column|prepare):\s*(?P<value>.*)$"
+)
+PREPARE_VALUES = ("server",)
 _PARAM = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 _CAST = re.compile(
     r"\s*::\s*(?P<type>double\s+precision|character\s+varying|timestamp\s+with\s+time\s+zone"
@@ -39,11 +43,20 @@ class Statement:
     nullable_elements: frozenset[str] = field(default_factory=frozenset)
     not_null_columns: frozenset[str] = field(default_factory=frozenset)
     nullable_columns: frozenset[str] = field(default_factory=frozenset)
+    server_prepared: bool = False  # `-- prepare: server`: also emit PREPARE / EXECUTE forms
 
     def numbered(self) -> str:
         """The SQL with ``$1, $2, ...`` placeholders, for PREPARE / describe."""
         index = {p: i + 1 for i, p in enumerate(self.params)}
         return _rewrite(self.sql, lambda name: f"${index[name]}", escape_percent=False)
+
+    def prepared_name(self) -> str:
+        """The server-side statement name: the query name and a hash of its SQL.
+
+        A changed statement gets a new name, so a session never runs an old definition.
+        """
+        digest = hashlib.sha256(self.numbered().encode()).hexdigest()[:8]
+        return f"{self.name}_{digest}"
 
     def pyformat(self) -> str:
         """The SQL with psycopg ``%(name)s`` placeholders and literal ``%`` doubled."""
@@ -202,7 +215,12 @@ def _statement(
     path: Path, shown: str, header_line: int, name: str, command: str, body: list[str]
 ) -> Statement:
     doc: list[str] = []
-    directives: dict[str, list[str]] = {"nullable": [], "not-null": [], "nullable-column": []}
+    directives: dict[str, list[str]] = {
+        "nullable": [],
+        "not-null": [],
+        "nullable-column": [],
+        "prepare": [],
+    }
     i = 0
     while i < len(body) and body[i].strip().startswith("--"):
         text = body[i].strip()
@@ -237,6 +255,12 @@ def _statement(
                 f"{shown}:{header_line}: '-- nullable: {p}' names no parameter of query "
                 f"{name!r} (parameters: {', '.join(params) or 'none'})"
             )
+    for value in directives["prepare"]:
+        if value not in PREPARE_VALUES:
+            raise QueryFileError(
+                f"{shown}:{header_line}: '-- prepare: {value}' on query {name!r}; the only "
+                "value is 'server' (a PREPARE / EXECUTE pair for one-message use)"
+            )
     return Statement(
         name=name,
         command=command,
@@ -249,4 +273,5 @@ def _statement(
         nullable_elements=frozenset(elements),
         not_null_columns=frozenset(directives["not-null"]),
         nullable_columns=frozenset(directives["nullable-column"]),
+        server_prepared=bool(directives["prepare"]),
     )

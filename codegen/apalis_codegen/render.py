@@ -13,7 +13,7 @@ import jinja2
 
 from apalis_codegen import __version__
 from apalis_codegen.describe import Catalog, Column, Described, Table
-from apalis_codegen.parse import QueryFileError
+from apalis_codegen.parse import QueryFileError, Statement
 from apalis_codegen.typemap import PyType, UnmappedType, python_type
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -50,6 +50,15 @@ class Param:
 
 
 @dataclass
+class Prepared:
+    """A statement's server-side prepared forms (``-- prepare: server``)."""
+
+    name: str  # the statement's name on the server
+    prepare_sql: str  # PREPARE name AS <the statement with $n placeholders>
+    execute_sql: str  # EXECUTE name(%(param)s, ...): for a client-side-bound message
+
+
+@dataclass
 class Function:
     """One generated function (rendered twice: sync and async)."""
 
@@ -61,6 +70,7 @@ class Function:
     params: list[Param]
     model: str | None
     returns: str
+    prepared: Prepared | None = None
 
 
 @dataclass
@@ -277,9 +287,23 @@ def build(
                 params=params,
                 model=model_name,
                 returns=returns,
+                prepared=_prepared(st) if st.server_prepared else None,
             )
         )
     return models, list(modules.values())
+
+
+def _prepared(st: Statement) -> Prepared:
+    name = st.prepared_name()
+    args = ", ".join(f"%({p})s" for p in st.params)
+    if args:
+        lines = textwrap.wrap(args, width=92, break_on_hyphens=False)
+        args = "(\n" + "".join(f"    {line}\n" for line in lines) + ")"
+    return Prepared(
+        name=name,
+        prepare_sql=f"PREPARE {name} AS\n{st.numbered()}".replace("\\", "\\\\"),
+        execute_sql=f"EXECUTE {name}{args}",
+    )
 
 
 def _import_block(lines: set[str]) -> dict[str, list[str]]:

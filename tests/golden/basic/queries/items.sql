@@ -19,6 +19,7 @@ SELECT count(*) AS n, max(price) AS top, avg(ratio) AS mean FROM shop.items;
 -- name: add_item :exec
 -- Insert one item; the tags elements and the picture may be NULL.
 -- nullable: picture, tags[]
+-- prepare: server
 INSERT INTO shop.items (id, name, price, tags, attrs, available_on, ref, picture)
 VALUES (@id, @name, @price, @tags, @attrs, @available_on, @ref, @picture);
 
