@@ -5,8 +5,9 @@ the shells only run its plan on a connection. The async ones are written in
 ``producer_async``; the sync ones are generated from them (``producer_sync``).
 
 Every push is one INSERT for the whole batch. Inside the caller's transaction the INSERT
-runs in a savepoint sent in the same round trip, so a failed push rolls back only itself and
-the caller's transaction stays usable; the caller commits or rolls back. On an idle non-
+runs in a savepoint sent in the same round trip (a single task's INSERT as a statement the
+session prepared once), so a failed push rolls back only itself and the caller's transaction
+stays usable; the caller commits or rolls back. On an idle non-
 autocommit connection the push opens the transaction, as any statement would, and, if it
 fails, rolls back that transaction, which holds nothing but the push. On an idle autocommit
 connection the batch commits on its own, all or nothing. NOTIFY reaches workers at commit.

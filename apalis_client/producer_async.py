@@ -29,13 +29,18 @@ from apalis_client.codec import JSON, Codec
 from apalis_client.errors import translate_error
 from apalis_client.producer_logic import (
     _ONE_MESSAGE,
+    _ONE_MESSAGE_PREPARED,
+    _PREPARE,
     _ROWS,
     _SAVEPOINT_PLANS,
     _STATEMENT_PLANS,
     Outcome,
     _batch_statement,
     _in_pipeline,
+    _is_prepared,
+    _mark_prepared,
     _outcome,
+    _prepares,
 )
 from apalis_client.task import Task, TaskId
 from apalis_generated import push_async as gen_async
@@ -66,10 +71,7 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
             if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
                 await conn.rollback()  # the transaction holds only this push
         elif one_message(plan, batch, _in_pipeline(conn)):
-            async with psycopg.AsyncClientCursor(conn) as cur:
-                await cur.execute(_ONE_MESSAGE, batch.single_params())
-                cur.nextset()  # SAVEPOINT's result, then the INSERT's
-                outcome = single_outcome(batch, cur.rowcount)
+            outcome = await _push_one_message_async(conn, batch)
         elif plan is Plan.TRANSACTION:
             async with conn.transaction():
                 outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
@@ -108,6 +110,39 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         raise translate_error(OPERATION, exc) from exc
     check_inserted(batch, *outcome)
     return batch.ids
+
+
+async def _push_one_message_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Outcome:
+    if not _prepares(conn):
+        return await _send_one_message_async(conn, _ONE_MESSAGE, batch)
+    if not _is_prepared(conn):
+        await _prepare_async(conn)
+    try:
+        return await _send_one_message_async(conn, _ONE_MESSAGE_PREPARED, batch)
+    except psycopg.errors.InvalidSqlStatementName:
+        # The session lost our statement (DEALLOCATE ALL, DISCARD ALL): prepare it again.
+        await _recover_async(conn)
+        await _prepare_async(conn)
+        return await _send_one_message_async(conn, _ONE_MESSAGE_PREPARED, batch)
+
+
+async def _send_one_message_async(
+    conn: psycopg.AsyncConnection[Any], message: bytes, batch: Batch
+) -> Outcome:
+    async with psycopg.AsyncClientCursor(conn) as cur:
+        await cur.execute(message, batch.single_params())
+        cur.nextset()  # SAVEPOINT's result, then the INSERT's
+        return single_outcome(batch, cur.rowcount)
+
+
+async def _prepare_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    _mark_prepared(conn, False)
+    try:
+        await conn.execute(_PREPARE)
+    except psycopg.errors.DuplicatePreparedStatement:
+        # Prepared in this session already, under the same hashed name: the same statement.
+        await _recover_async(conn)
+    _mark_prepared(conn, True)
 
 
 async def _roll_back_own_async(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -31,6 +31,7 @@ SELECT count(*)::int4 AS inserted,
 -- Insert one Pending task: a batch of one, without push_tasks' arrays and
 -- count. Returns its id, or nothing when its (queue, idempotency key) exists.
 -- nullable: idempotency_key
+-- prepare: server
 INSERT INTO apalis.jobs (
     job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
     idempotency_key

@@ -52,6 +52,13 @@ class Session:
         return self._async
 
     @property
+    def connection(self) -> psycopg.Connection[Any] | psycopg.AsyncConnection[Any]:
+        """The connection of whichever flavour, for attributes both share."""
+        conn = self._sync or self._async
+        assert conn is not None
+        return conn
+
+    @property
     def status(self) -> TransactionStatus:
         conn = self._sync or self._async
         assert conn is not None

@@ -31,6 +31,7 @@ from apalis_client import (
     Task,
 )
 from apalis_generated import keep_alive, lock
+from apalis_generated import push as push_sql
 
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -598,19 +599,85 @@ def test_colliding_batch_in_a_transaction_the_push_opened_inserts_nothing(
 # ---- on the wire ------------------------------------------------------------------------------
 
 
+def _sent(exchanges: list[list[str]]) -> list[str]:
+    return [line for exchange in exchanges for line in exchange if line.startswith("F")]
+
+
+def _prepared_statements(s: Session) -> list[str]:
+    return [r[0] for r in s.execute("SELECT name FROM pg_prepared_statements ORDER BY name")]
+
+
 def test_push_in_a_transaction_is_one_round_trip_savepoint_included(
     migrated_db: str, open_session: Open
 ) -> None:
     s = open_session(migrated_db)
+    with s.transaction():
+        s.push("q", {"n": 0})  # the session's first push in a transaction prepares the INSERT
     with s.transaction(), s.wire() as exchanges:
         s.push("q", {"n": 1})
     assert len(exchanges) == 1
-    sent = "\n".join(line for line in exchanges[0] if line.startswith("F"))
-    assert [w for w in ("SAVEPOINT", "INSERT INTO apalis.jobs", "RELEASE") if w in sent] == [
-        "SAVEPOINT",
-        "INSERT INTO apalis.jobs",
-        "RELEASE",
-    ]
+    sent = "\n".join(_sent(exchanges))
+    words = ("SAVEPOINT", f"EXECUTE {push_sql.PUSH_TASK_PREPARED_NAME}(", "RELEASE")
+    assert [w for w in words if w in sent] == list(words)
+
+
+def test_first_push_in_a_transaction_prepares_the_insert_once_per_session(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(migrated_db)
+    with s.transaction(), s.wire() as exchanges:
+        s.push("q", {"n": 1})
+        s.push("q", {"n": 2})
+    prepares = [line for line in _sent(exchanges) if "PREPARE " in line]
+    assert len(prepares) == 1
+    assert "SAVEPOINT" in prepares[0]  # a failing PREPARE must not abort the transaction
+    assert push_sql.PUSH_TASK_PREPARED_NAME in _prepared_statements(s)
+    assert count_jobs(query, migrated_db, "q") == 2
+
+
+def test_push_prepares_again_after_the_session_dropped_its_statements(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    with s.transaction():
+        s.push("q", "first")
+    assert push_sql.PUSH_TASK_PREPARED_NAME in _prepared_statements(s)
+    s.commit()
+    with s.transaction():
+        s.execute("DEALLOCATE ALL")
+        mark(s, "before", "q")
+        s.push("q", "second")
+        mark(s, "after", "q")
+    assert count_business(query, outbox_db, "q") == 2
+    assert count_jobs(query, outbox_db, "q") == 2
+    assert push_sql.PUSH_TASK_PREPARED_NAME in _prepared_statements(s)
+
+
+def test_push_reuses_its_statement_prepared_in_the_session_by_another_client(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    s.execute(push_sql.PUSH_TASK_PREPARE_SQL)
+    s.commit()
+    with s.transaction():
+        mark(s, "before", "q")
+        s.push("q", "only")
+        mark(s, "after", "q")
+    assert count_business(query, outbox_db, "q") == 2
+    assert query(outbox_db, "SELECT job FROM apalis.jobs") == [(b'"only"',)]
+
+
+def test_push_on_a_connection_without_prepared_statements_prepares_nothing(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(migrated_db)
+    s.connection.prepare_threshold = None  # psycopg's setting for PgBouncer-style poolers
+    with s.transaction(), s.wire() as exchanges:
+        s.push("q", {"n": 1})
+    assert len(exchanges) == 1
+    assert not any("PREPARE" in line or "EXECUTE" in line for line in _sent(exchanges))
+    assert _prepared_statements(s) == []
+    assert count_jobs(query, migrated_db, "q") == 1
 
 
 def test_push_that_opens_the_transaction_sends_no_savepoint(
@@ -619,7 +686,7 @@ def test_push_that_opens_the_transaction_sends_no_savepoint(
     s = open_session(migrated_db)
     with s.wire() as exchanges:
         s.push("q", {"n": 1})
-    sent = [line for exchange in exchanges for line in exchange if line.startswith("F")]
+    sent = _sent(exchanges)
     assert any("BEGIN" in line for line in sent)
     assert any("INSERT INTO apalis.jobs" in line for line in sent)
     assert not any("SAVEPOINT" in line for line in sent)
