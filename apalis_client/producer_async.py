@@ -28,19 +28,19 @@ from apalis_client.batch import (
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import translate_error
 from apalis_client.producer_logic import (
-    _ONE_MESSAGE,
-    _ONE_MESSAGE_PREPARED,
-    _PREPARE,
     _ROWS,
     _SAVEPOINT_PLANS,
     _STATEMENT_PLANS,
+    OneRow,
     Outcome,
     _batch_statement,
     _in_pipeline,
-    _is_prepared,
-    _mark_prepared,
     _outcome,
-    _prepares,
+    forget_prepared,
+    is_prepared,
+    mark_prepared,
+    one_row,
+    prepares,
 )
 from apalis_client.task import Task, TaskId
 from apalis_generated import push_async as gen_async
@@ -113,17 +113,19 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
 
 
 async def _push_one_message_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Outcome:
-    if not _prepares(conn):
-        return await _send_one_message_async(conn, _ONE_MESSAGE, batch)
-    if not _is_prepared(conn):
-        await _prepare_async(conn)
+    row = one_row(batch)
+    if not prepares(conn):
+        return await _send_one_message_async(conn, row.plain, batch)
+    if not is_prepared(conn, row):
+        await _prepare_async(conn, row)
     try:
-        return await _send_one_message_async(conn, _ONE_MESSAGE_PREPARED, batch)
+        return await _send_one_message_async(conn, row.execute, batch)
     except psycopg.errors.InvalidSqlStatementName:
-        # The session lost our statement (DEALLOCATE ALL, DISCARD ALL): prepare it again.
+        # The session lost our statements (DEALLOCATE ALL, DISCARD ALL): prepare again.
         await _recover_async(conn)
-        await _prepare_async(conn)
-        return await _send_one_message_async(conn, _ONE_MESSAGE_PREPARED, batch)
+        forget_prepared(conn)
+        await _prepare_async(conn, row)
+        return await _send_one_message_async(conn, row.execute, batch)
 
 
 async def _send_one_message_async(
@@ -135,14 +137,13 @@ async def _send_one_message_async(
         return single_outcome(batch, cur.rowcount)
 
 
-async def _prepare_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    _mark_prepared(conn, False)
+async def _prepare_async(conn: psycopg.AsyncConnection[Any], row: OneRow) -> None:
     try:
-        await conn.execute(_PREPARE)
+        await conn.execute(row.prepare)
     except psycopg.errors.DuplicatePreparedStatement:
         # Prepared in this session already, under the same hashed name: the same statement.
         await _recover_async(conn)
-    _mark_prepared(conn, True)
+    mark_prepared(conn, row)
 
 
 async def _roll_back_own_async(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -6,6 +6,7 @@ Shared by ``producer_async`` and the ``producer_sync`` generated from it.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
@@ -28,39 +29,81 @@ def _savepointed(statement: str) -> bytes:
     return b"; ".join((_savepoint.SAVEPOINT, statement.strip().encode(), _savepoint.RELEASE))
 
 
-# A batch of one inside a transaction: SAVEPOINT, the single-row INSERT and RELEASE as one
-# simple-protocol message (client-side binding): one round trip. If the INSERT fails, the
-# server skips the RELEASE and the savepoint is rolled back to below. The INSERT runs as
-# EXECUTE of a statement prepared once per session, so the server does not parse and plan it
-# on every push; on a connection with prepare_threshold=None (psycopg's switch for poolers
-# such as PgBouncer, which may move a session between server connections) it is sent as is.
-_ONE_MESSAGE: Final = _savepointed(gen.PUSH_TASK_SQL)
-_ONE_MESSAGE_PREPARED: Final = _savepointed(gen.PUSH_TASK_EXECUTE_SQL)
-# Inside the savepoint too: a PREPARE that fails (no schema, say) must not abort the caller's
-# transaction. PREPARE is not transactional, so once it succeeds, a rollback keeps it.
-_PREPARE: Final = _savepointed(gen.PUSH_TASK_PREPARE_SQL)
+@dataclass(frozen=True)
+class OneRow:
+    """A single-row INSERT as the one-message push sends it, as is or prepared.
+
+    Each message is ``SAVEPOINT; <statement>; RELEASE`` in one simple-protocol message
+    (client-side binding): one round trip. If the statement fails, the server skips the
+    RELEASE and the savepoint is rolled back to by the shell.
+    """
+
+    name: str  # the prepared statement's name on the server
+    plain: bytes  # the INSERT itself: parsed and planned by the server on every push
+    execute: bytes  # EXECUTE of the statement the session prepared once
+    # PREPARE goes inside the savepoint too: failing (no schema, say) must not abort the
+    # caller's transaction. PREPARE is not transactional: once it succeeds, rollbacks keep it.
+    prepare: bytes
+
+
+def _one_row(name: str, plain: str, execute: str, prepare: str) -> OneRow:
+    return OneRow(name, _savepointed(plain), _savepointed(execute), _savepointed(prepare))
+
+
+_KEYED: Final = _one_row(
+    gen.PUSH_TASK_PREPARED_NAME,
+    gen.PUSH_TASK_SQL,
+    gen.PUSH_TASK_EXECUTE_SQL,
+    gen.PUSH_TASK_PREPARE_SQL,
+)
+_UNKEYED: Final = _one_row(
+    gen.PUSH_TASK_UNKEYED_PREPARED_NAME,
+    gen.PUSH_TASK_UNKEYED_SQL,
+    gen.PUSH_TASK_UNKEYED_EXECUTE_SQL,
+    gen.PUSH_TASK_UNKEYED_PREPARE_SQL,
+)
+
+
+def one_row(batch: Batch) -> OneRow:
+    """The single-row INSERT for a batch of one: without ON CONFLICT when it has no key."""
+    return _KEYED if batch.keys else _UNKEYED
+
 
 Conn = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 
-# The server session (backend pid) each connection prepared the push statement in. A
-# connection keeps its session for life; the pid guards against a reused object address.
-_prepared_in: weakref.WeakKeyDictionary[Conn, int] = weakref.WeakKeyDictionary()
+# What each connection prepared, and in which server session (backend pid): a connection
+# keeps its session for life; the pid guards against a reused object address.
+_prepared_in: weakref.WeakKeyDictionary[Conn, tuple[int, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _prepares(conn: Conn) -> bool:
-    """Whether a one-message push on ``conn`` runs the server-prepared statement."""
+def prepares(conn: Conn) -> bool:
+    """Whether pushes on ``conn`` use server-prepared statements.
+
+    Not with ``prepare_threshold=None``: psycopg's switch for poolers such as PgBouncer, which
+    may move a session between server connections.
+    """
     return conn.prepare_threshold is not None
 
 
-def _is_prepared(conn: Conn) -> bool:
-    return _prepared_in.get(conn) == conn.info.backend_pid
+def is_prepared(conn: Conn, row: OneRow) -> bool:
+    """Whether this session prepared ``row``'s statement, as far as this process knows."""
+    pid, names = _prepared_in.get(conn, (0, frozenset()))
+    return pid == conn.info.backend_pid and row.name in names
 
 
-def _mark_prepared(conn: Conn, prepared: bool) -> None:
-    if prepared:
-        _prepared_in[conn] = conn.info.backend_pid
-    else:
-        _prepared_in.pop(conn, None)
+def mark_prepared(conn: Conn, row: OneRow) -> None:
+    """Remember that this session holds ``row``'s prepared statement."""
+    pid, names = _prepared_in.get(conn, (0, frozenset()))
+    if pid != conn.info.backend_pid:
+        names = frozenset()
+    _prepared_in[conn] = (conn.info.backend_pid, names | {row.name})
+
+
+def forget_prepared(conn: Conn) -> None:
+    """The session dropped its prepared statements (DEALLOCATE ALL, DISCARD ALL)."""
+    _prepared_in.pop(conn, None)
 
 
 def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any], bool]:
@@ -70,7 +113,8 @@ def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any], bool]:
     a keyed batch needs ``push_tasks``' row naming the keys that went in.
     """
     if len(batch.ids) == 1:
-        return gen.PUSH_TASK_SQL, batch.single_params(), True
+        sql = gen.PUSH_TASK_SQL if batch.keys else gen.PUSH_TASK_UNKEYED_SQL
+        return sql, batch.single_params(), True
     if batch.keys:
         return gen.PUSH_TASKS_SQL, batch.params(), False
     uniform = batch.uniform_params()

@@ -27,9 +27,9 @@ SELECT count(*)::int4 AS inserted,
        array_agg(idempotency_key) FILTER (WHERE idempotency_key IS NOT NULL) AS inserted_keys
   FROM inserted;
 
--- name: push_task :one
+-- name: push_task :execrows
 -- Insert one Pending task: a batch of one, without push_tasks' arrays and
--- count. Returns its id, or nothing when its (queue, idempotency key) exists.
+-- count. Returns 1, or 0 when its (queue, idempotency key) exists.
 -- nullable: idempotency_key
 -- prepare: server
 INSERT INTO apalis.jobs (
@@ -40,8 +40,20 @@ VALUES (
     @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority,
     @metadata::text::jsonb, @idempotency_key
 )
-ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id;
+ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
+
+-- name: push_task_unkeyed :execrows
+-- Insert one Pending task without an idempotency key: push_task without the
+-- ON CONFLICT clause (and its speculative insertion), which a NULL key never
+-- meets. Returns 1.
+-- prepare: server
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
+)
+VALUES (
+    @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority,
+    @metadata::text::jsonb
+);
 
 -- name: push_tasks_unkeyed :execrows
 -- Insert a batch of Pending tasks none of which has an idempotency key: no row

@@ -318,13 +318,10 @@ def one_task_args(task: T, queue: str = Q) -> dict[str, object]:
     }
 
 
-def test_push_task_inserts_one_pending_row_and_returns_its_id(
-    flavor: Flavor, migrated_db: str
-) -> None:
+def test_push_task_inserts_one_pending_row_and_counts_it(flavor: Flavor, migrated_db: str) -> None:
     run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     task = T(payload=b"{}", max_attempts=2, run_at=run_at, priority=4, metadata='{"n": 7}')
-    row = call(flavor, "push", "push_task", migrated_db, **one_task_args(task))
-    assert row is not None and row.id == task.id
+    assert call(flavor, "push", "push_task", migrated_db, **one_task_args(task)) == 1
     job = find(migrated_db, task.id)
     assert (job.status, job.attempts, job.max_attempts, job.run_at, job.priority) == (
         "Pending",
@@ -336,13 +333,25 @@ def test_push_task_inserts_one_pending_row_and_returns_its_id(
     assert job.metadata == {"n": 7}
 
 
-def test_push_task_with_a_colliding_key_returns_nothing_and_inserts_nothing(
+def test_push_task_with_a_colliding_key_counts_zero_and_inserts_nothing(
     flavor: Flavor, migrated_db: str
 ) -> None:
     seed(migrated_db, T(id="OLD", key="k1"))
-    row = call(flavor, "push", "push_task", migrated_db, **one_task_args(T(id="NEW", key="k1")))
-    assert row is None
+    args = one_task_args(T(id="NEW", key="k1"))
+    assert call(flavor, "push", "push_task", migrated_db, **args) == 0
     assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("OLD",)]
+
+
+def test_push_task_unkeyed_inserts_one_pending_row_without_a_key(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    task = T(id="U", priority=3, metadata='{"n": 2}')
+    args = one_task_args(task)
+    del args["idempotency_key"]
+    assert call(flavor, "push", "push_task_unkeyed", migrated_db, **args) == 1
+    job = find(migrated_db, "U")
+    assert (job.status, job.attempts, job.priority, job.idempotency_key) == ("Pending", 0, 3, None)
+    assert job.metadata == {"n": 2}
 
 
 def test_push_tasks_unkeyed_inserts_every_row_and_counts_them(

@@ -617,7 +617,7 @@ def test_push_in_a_transaction_is_one_round_trip_savepoint_included(
         s.push("q", {"n": 1})
     assert len(exchanges) == 1
     sent = "\n".join(_sent(exchanges))
-    words = ("SAVEPOINT", f"EXECUTE {push_sql.PUSH_TASK_PREPARED_NAME}(", "RELEASE")
+    words = ("SAVEPOINT", f"EXECUTE {push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME}(", "RELEASE")
     assert [w for w in words if w in sent] == list(words)
 
 
@@ -631,8 +631,24 @@ def test_first_push_in_a_transaction_prepares_the_insert_once_per_session(
     prepares = [line for line in _sent(exchanges) if "PREPARE " in line]
     assert len(prepares) == 1
     assert "SAVEPOINT" in prepares[0]  # a failing PREPARE must not abort the transaction
-    assert push_sql.PUSH_TASK_PREPARED_NAME in _prepared_statements(s)
+    assert push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME in _prepared_statements(s)
     assert count_jobs(query, migrated_db, "q") == 2
+
+
+def test_keyed_and_unkeyed_pushes_each_prepare_their_own_insert_once(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(migrated_db)
+    with s.transaction(), s.wire() as exchanges:
+        for n in range(3):
+            s.push_task("q", Task(args=n, idempotency_key=f"k{n}"))
+            s.push("q", n)
+    prepares = [line for line in _sent(exchanges) if "PREPARE " in line]
+    assert len(prepares) == 2
+    assert sorted(_prepared_statements(s)) == sorted(
+        [push_sql.PUSH_TASK_PREPARED_NAME, push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME]
+    )
+    assert count_jobs(query, migrated_db, "q") == 6
 
 
 def test_push_prepares_again_after_the_session_dropped_its_statements(
@@ -641,7 +657,7 @@ def test_push_prepares_again_after_the_session_dropped_its_statements(
     s = open_session(outbox_db)
     with s.transaction():
         s.push("q", "first")
-    assert push_sql.PUSH_TASK_PREPARED_NAME in _prepared_statements(s)
+    assert push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME in _prepared_statements(s)
     s.commit()
     with s.transaction():
         s.execute("DEALLOCATE ALL")
@@ -650,14 +666,14 @@ def test_push_prepares_again_after_the_session_dropped_its_statements(
         mark(s, "after", "q")
     assert count_business(query, outbox_db, "q") == 2
     assert count_jobs(query, outbox_db, "q") == 2
-    assert push_sql.PUSH_TASK_PREPARED_NAME in _prepared_statements(s)
+    assert push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME in _prepared_statements(s)
 
 
 def test_push_reuses_its_statement_prepared_in_the_session_by_another_client(
     outbox_db: str, open_session: Open, query: Query
 ) -> None:
     s = open_session(outbox_db)
-    s.execute(push_sql.PUSH_TASK_PREPARE_SQL)
+    s.execute(push_sql.PUSH_TASK_UNKEYED_PREPARE_SQL)
     s.commit()
     with s.transaction():
         mark(s, "before", "q")
