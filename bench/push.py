@@ -3,7 +3,7 @@
 One run, one fresh database, every case interleaved run by run (so drift hits them alike);
 each figure is the median and range (min–max) over the runs. Not a timed test.
 
-    .venv/bin/python bench/push.py [--url URL] [--runs 11] [--single 300] [--batch 5000]
+    .venv/bin/python bench/push.py [--url URL] [--runs 11] [--single 1000] [--batch 5000]
                                       [--batch-reps 3]
 
 With no --url it uses $APALIS_BENCH_DATABASE_URL, else $APALIS_TEST_DATABASE_URL, else a
@@ -71,7 +71,8 @@ Case = Callable[[Conn], None]
 
 
 def apalis_in_transaction(conn: Conn) -> None:
-    with conn.transaction():  # BEGIN, push (savepoint in the INSERT's message), COMMIT: 3 RT
+    # BEGIN, the push (SAVEPOINT; EXECUTE of the prepared INSERT; RELEASE in one message), COMMIT
+    with conn.transaction():
         push_with_conn(conn, QUEUE, ARGS)
 
 
@@ -81,20 +82,38 @@ def apalis_opens_transaction(conn: Conn) -> None:
     conn.commit()
 
 
-# push_with_conn's protocol, done raw (the floor for any Python layer over it).
-ONE_MESSAGE = (
-    "SAVEPOINT apalis_push; "
+# push_with_conn's protocol, done raw (the floor for any Python layer over it): the one-row
+# INSERT (INSERT_ONE's) prepared once per session, then run by EXECUTE inside the savepoint,
+# all in one message.
+_VALUES = (
     "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, "
     "priority, metadata, idempotency_key) "
-    "VALUES (%s, %s, %s, 'Pending', 0, 5, %s, 0, '{}'::jsonb, NULL) "
-    "ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING; "
-    "RELEASE SAVEPOINT apalis_push"
+    "VALUES ({}, 'Pending', 0, 5, {}, 0, '{{}}'::jsonb, NULL)"
 )
+RAW_PREPARE = "PREPARE raw_push AS " + _VALUES.format("$1, $2, $3", "$4")
+EXECUTE_MESSAGE = (
+    "SAVEPOINT apalis_push; EXECUTE raw_push(%s, %s, %s, %s); RELEASE SAVEPOINT apalis_push"
+)
+# The same without the prepared statement: the server parses and plans the INSERT each time.
+ONE_MESSAGE = (
+    "SAVEPOINT apalis_push; "
+    + _VALUES.format("%s, %s, %s", "%s")
+    + "; RELEASE SAVEPOINT apalis_push"
+)
+_raw_prepared: set[int] = set()
 
 
 def raw_push_protocol(conn: Conn) -> None:
-    # BEGIN, then SAVEPOINT + the one-row INSERT + RELEASE as one simple-protocol message,
-    # then COMMIT: what push_with_conn sends inside a transaction, without the Python layer.
+    # BEGIN, then SAVEPOINT + EXECUTE + RELEASE as one simple-protocol message, then COMMIT:
+    # what push_with_conn sends inside a transaction, without the Python layer.
+    if id(conn) not in _raw_prepared:
+        conn.execute(RAW_PREPARE)
+        _raw_prepared.add(id(conn))
+    with conn.transaction(), psycopg.ClientCursor(conn) as cur:
+        cur.execute(EXECUTE_MESSAGE, _row())
+
+
+def raw_unprepared_message(conn: Conn) -> None:
     with conn.transaction(), psycopg.ClientCursor(conn) as cur:
         cur.execute(ONE_MESSAGE, _row())
 
@@ -131,7 +150,8 @@ def raw_savepoint(conn: Conn) -> None:
 
 IN_TX = "apalis push_with_conn in `with conn.transaction()` (3 RT)"
 OPENS_TX = "apalis push_with_conn + conn.commit(), the push opens the transaction (3 RT)"
-RAW_PROTOCOL = "raw, push's protocol: BEGIN / SAVEPOINT;INSERT;RELEASE / COMMIT (3 RT)"
+RAW_PROTOCOL = "raw, push's protocol: BEGIN / SAVEPOINT;EXECUTE;RELEASE / COMMIT (3 RT)"
+RAW_UNPREPARED = "raw, the same with the INSERT itself in the message (parsed every time)"
 RAW_3RT = "raw VALUES: BEGIN / INSERT / COMMIT (3 RT)"
 RAW_PIPELINED = "raw VALUES: pipelined (1 RT)"
 # name, case, autocommit connection?
@@ -139,6 +159,7 @@ SINGLE: list[tuple[str, Case, bool]] = [
     (IN_TX, apalis_in_transaction, True),
     (OPENS_TX, apalis_opens_transaction, False),
     (RAW_PROTOCOL, raw_push_protocol, True),
+    (RAW_UNPREPARED, raw_unprepared_message, True),
     (RAW_3RT, raw_3_trips, True),
     (RAW_PIPELINED, raw_pipelined, True),
     ("raw VALUES: result read before COMMIT (2 RT)", raw_result_before_commit, True),
@@ -286,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None)
     parser.add_argument("--runs", type=int, default=11)
-    parser.add_argument("--single", type=int, default=300, help="transactions per run")
+    parser.add_argument("--single", type=int, default=1000, help="transactions per run")
     parser.add_argument("--batch", type=int, default=5000, help="tasks per batch")
     parser.add_argument("--batch-reps", type=int, default=3, help="batches per case and run")
     parser.add_argument("--no-plot", action="store_true")
@@ -411,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{paired(single, IN_TX, RAW_PROTOCOL)}",
         f"- raw, push's protocol / raw VALUES pipelined (1 RT): "
         f"{paired(single, RAW_PROTOCOL, RAW_PIPELINED)}",
+        f"- raw, INSERT in the message unprepared / raw VALUES pipelined (1 RT): "
+        f"{paired(single, RAW_UNPREPARED, RAW_PIPELINED)}",
         f"- push_with_conn + commit, push opens the transaction / raw VALUES pipelined (1 RT): "
         f"{paired(single, OPENS_TX, RAW_PIPELINED)}",
         f"- push_with_conn + commit, push opens the transaction / raw BEGIN/INSERT/COMMIT (3 RT): "
