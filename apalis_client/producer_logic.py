@@ -39,6 +39,7 @@ class OneRow:
     """
 
     name: str  # the prepared statement's name on the server
+    sql: str  # the bare INSERT, for the plans that send it on its own
     plain: bytes  # the INSERT itself: parsed and planned by the server on every push
     execute: bytes  # EXECUTE of the statement the session prepared once
     # PREPARE goes inside the savepoint too: failing (no schema, say) must not abort the
@@ -47,7 +48,7 @@ class OneRow:
 
 
 def _one_row(name: str, plain: str, execute: str, prepare: str) -> OneRow:
-    return OneRow(name, _savepointed(plain), _savepointed(execute), _savepointed(prepare))
+    return OneRow(name, plain, _savepointed(plain), _savepointed(execute), _savepointed(prepare))
 
 
 _KEYED: Final = _one_row(
@@ -113,8 +114,7 @@ def _batch_statement(batch: Batch) -> tuple[str, dict[str, Any], bool]:
     a keyed batch needs ``push_tasks``' row naming the keys that went in.
     """
     if len(batch.ids) == 1:
-        sql = gen.PUSH_TASK_SQL if batch.keys else gen.PUSH_TASK_UNKEYED_SQL
-        return sql, batch.single_params(), True
+        return one_row(batch).sql, batch.single_params(), True
     if batch.keys:
         return gen.PUSH_TASKS_SQL, batch.params(), False
     uniform = batch.uniform_params()
