@@ -382,13 +382,18 @@ def test_one_without_columns_is_an_error(
     assert "is :one but returns no columns" in err
 
 
+@pytest.mark.parametrize("value", ["client", "", "server, client"])
 def test_unknown_prepare_value_names_the_query(
-    case_copy: Path, server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case_copy: Path,
+    server_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
 ) -> None:
-    _write_query(case_copy, "-- name: one_item :one\n-- prepare: client\nSELECT 1 AS x;\n")
+    _write_query(case_copy, f"-- name: one_item :one\n-- prepare: {value}\nSELECT 1 AS x;\n")
     code, _, err = _run(_options(case_copy, tmp_path / "out", server_url), capsys)
     assert code == 2
-    assert "'-- prepare: client' on query 'one_item'; the only value is 'server'" in err
+    assert f"'-- prepare: {value}' on query 'one_item'; the only value is 'server'" in err
 
 
 # ---- staleness ---------------------------------------------------------------------------------

@@ -226,7 +226,9 @@ def _statement(
         text = body[i].strip()
         d = _DIRECTIVE.match(text)
         if d:
-            directives[d.group("key")].extend(_split_names(d.group("value")))
+            key, value = d.group("key"), d.group("value")
+            # prepare takes one word, checked below; the others list names.
+            directives[key].extend([value.strip()] if key == "prepare" else _split_names(value))
         else:
             doc.append(text[2:].strip())
         i += 1
