@@ -9,6 +9,8 @@ heartbeats, LISTEN) happens on the loop, through ``worker_ops``.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -52,6 +54,9 @@ _instance_numbers = itertools.count(1)
 _MAX_NOTIFIED = 1000
 # WorkerStats keeps the first stale ids for inspection; the count is always exact.
 _MAX_STALE_IDS = 1000
+
+# A running handler: an asyncio task (async handlers) or a thread pool future (sync ones).
+_Running = asyncio.Future[Outcome] | concurrent.futures.Future[Outcome]
 
 
 @dataclass
@@ -196,7 +201,14 @@ class _Run:
         self.max_tasks = max_tasks
         self.stats = WorkerStats(worker_id=worker.worker_id)
         self.wake = wake
-        self.in_flight: dict[asyncio.Future[Outcome], Job] = {}
+        self.in_flight: dict[_Running, Job] = {}
+        # Thread pool handlers that finished, handed to the loop in bursts: one loop wake-up
+        # for however many finish meanwhile, not one asyncio future and wake-up per task.
+        self.thread_done: collections.deque[concurrent.futures.Future[Outcome]] = (
+            collections.deque()
+        )
+        self.handoff_pending = False
+        self.loop = asyncio.get_running_loop()
         self.completed: list[tuple[Job, Outcome]] = []
         self.notified: dict[str, None] = {}
         self.lease_lost = False
@@ -396,16 +408,33 @@ class _Run:
             log.error("task %s killed: %s", job.id, exc)
             self.completed.append((job, Outcome.kill(str(exc))))
             return
-        fut: asyncio.Future[Outcome]
         if spec.is_async:
-            fut = asyncio.ensure_future(_call_async(spec, args))
+            task = asyncio.ensure_future(_call_async(spec, args))
+            self.in_flight[task] = job
+            task.add_done_callback(self._on_done)
         else:
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self.executor, _call_sync, spec, args)
-        self.in_flight[fut] = job
-        fut.add_done_callback(self._on_done)
+            if self.executor is None:
+                raise RuntimeError("a sync handler needs the worker's thread pool")
+            future = self.executor.submit(_call_sync, spec, args)
+            self.in_flight[future] = job
+            future.add_done_callback(self._on_thread_done)
 
-    def _on_done(self, fut: asyncio.Future[Outcome]) -> None:
+    def _on_thread_done(self, future: concurrent.futures.Future[Outcome]) -> None:
+        """In the pool thread that ran the handler: queue the result and wake the loop once."""
+        self.thread_done.append(future)
+        if self.handoff_pending:
+            return  # the loop has yet to take the queue, this result with it
+        self.handoff_pending = True
+        with contextlib.suppress(RuntimeError):  # the run is over and its loop closed
+            self.loop.call_soon_threadsafe(self._take_thread_done)
+
+    def _take_thread_done(self) -> None:
+        # Cleared before taking: a result queued after this line schedules the next call.
+        self.handoff_pending = False
+        while self.thread_done:
+            self._on_done(self.thread_done.popleft())
+
+    def _on_done(self, fut: _Running) -> None:
         job = self.in_flight.pop(fut, None)
         if job is None:
             return  # already acked as timed out at shutdown

@@ -66,6 +66,22 @@ def test_tasks_run_and_results_are_stored_as_ok(kind: str, migrated_db: str) -> 
         assert (row["status"], row["attempts"], row["last_result"]) == ("Done", 1, {"Ok": i * 2})
 
 
+def test_thread_pool_handlers_finishing_together_are_each_acked_once(migrated_db: str) -> None:
+    ids = push(migrated_db, "q", list(range(64)))
+    together = threading.Barrier(8, timeout=10)
+
+    def square(n: int) -> int:
+        together.wait()  # eight threads return at the same instant: one hand-off to the loop
+        return n * n
+
+    w = Worker("q", square, conninfo=migrated_db, concurrency=8, config=FAST)
+    stats = w.run(until_idle=True)
+    assert (stats.claimed, stats.done, stats.failed, stats.stale) == (64, 64, 0, 0)
+    for i, tid in enumerate(ids):
+        row = task(migrated_db, tid)
+        assert (row["status"], row["attempts"], row["last_result"]) == ("Done", 1, {"Ok": i * i})
+
+
 def test_one_config_names_the_queue_for_the_storage_and_the_worker(migrated_db: str) -> None:
     cfg = Config("emails", worker=FAST)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
