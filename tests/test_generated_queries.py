@@ -1500,3 +1500,146 @@ def test_claims_refuse_a_worker_whose_lease_was_taken_over(
     assert [j.id for j in call(flavor, "lock", "claim_next", migrated_db, batch=10, **fresh)] == [
         "A"
     ]
+
+
+# --- retry backoff, cancellation, queue depth (issue 16: new statements, wired in later) ---
+
+
+def backoff_ack(
+    flavor: Flavor, url: str, jobs: list[Job], outcomes: list[str], delays: list[float], token: str
+) -> list[Any]:
+    return list(
+        call(
+            flavor,
+            "ack_backoff",
+            "ack_batch_backoff",
+            url,
+            worker_id=W,
+            queue=Q,
+            lease_token=token,
+            ids=[j.id for j in jobs],
+            attempts=[j.attempts for j in jobs],
+            lock_ats=[j.lock_at for j in jobs],
+            outcomes=outcomes,
+            results=[json.dumps({"Err": "boom"}) for _ in jobs],
+            delays=delays,
+        )
+    )
+
+
+def test_ack_batch_backoff_moves_run_at_of_a_retryable_failure_by_its_delay(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    token = register(migrated_db)
+    seed(migrated_db, T(id="A"), T(id="B"))
+    a, b = claim(migrated_db)
+    before_b = find(migrated_db, "B").run_at
+    rows = backoff_ack(flavor, migrated_db, [a, b], ["Failed", "Done"], [90.0, 90.0], token)
+    assert {r.id: r.status for r in rows} == {"A": "Failed", "B": "Done"}
+    failed, done = find(migrated_db, "A"), find(migrated_db, "B")
+    assert failed.done_at is not None
+    assert failed.run_at - failed.done_at == timedelta(seconds=90)
+    assert (failed.attempts, failed.last_result, failed.lock_by) == (1, {"Err": "boom"}, W)
+    assert done.run_at == before_b  # only a retryable failure waits
+    # Not claimable before its run_at (the Rust-shaped claim: tests/test_retry_schedule.py).
+    assert claim(migrated_db) == []
+
+
+def test_ack_batch_backoff_kills_at_the_limit_and_leaves_run_at(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    job, token = claimed_task(migrated_db, max_attempts=1)
+    (row,) = backoff_ack(flavor, migrated_db, [job], ["Failed"], [600.0], token)
+    assert row.status == "Killed"
+    assert find(migrated_db, job.id).run_at == job.run_at
+
+
+def test_ack_batch_backoff_under_another_lease_token_acks_nothing(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    job, _ = claimed_task(migrated_db)
+    assert backoff_ack(flavor, migrated_db, [job], ["Failed"], [1.0], "not-our-token") == []
+    assert find(migrated_db, job.id).status == "Running"
+
+
+def test_cancel_task_kills_a_running_task_and_notifies_its_worker(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    job, token = claimed_task(migrated_db)
+    with psycopg.connect(migrated_db, autocommit=True) as listener:
+        listener.execute('LISTEN "apalis_client::cancel"')
+        row = call(flavor, "cancel", "cancel_task", migrated_db, id=job.id)
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert (row.id, row.previous_status, row.notified, row.lock_by) == (job.id, "Running", True, W)
+    assert [json.loads(n.payload) for n in notes] == [
+        {"id": job.id, "job_type": Q, "worker_id": W, "attempts": 0}
+    ]
+    after = find(migrated_db, job.id)
+    assert (after.status, after.attempts, after.last_result) == (
+        "Killed",
+        0,
+        {"Err": "cancelled by operator"},
+    )
+    # The worker's late ack is stale: the operator's outcome stays.
+    assert backoff_ack(flavor, migrated_db, [job], ["Done"], [0.0], token) == []
+
+
+def test_cancel_task_of_a_pending_task_kills_it_without_a_notify(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    seed(migrated_db, T(id="A"))
+    row = call(flavor, "cancel", "cancel_task", migrated_db, id="A")
+    assert (row.previous_status, row.notified) == ("Pending", False)
+    assert find(migrated_db, "A").status == "Killed"
+
+
+def test_cancel_task_of_a_finished_or_unknown_task_returns_nothing(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    job, _ = claimed_task(migrated_db)
+    ack_sync(migrated_db, job, "Done")
+    assert call(flavor, "cancel", "cancel_task", migrated_db, id=job.id) is None
+    assert call(flavor, "cancel", "cancel_task", migrated_db, id="NOPE") is None
+    assert find(migrated_db, job.id).status == "Done"
+
+
+def test_lost_claims_returns_only_the_tasks_the_worker_no_longer_holds(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    seed(migrated_db, T(id="A"), T(id="B"), T(id="C"))
+    a, b, c = claim(migrated_db)
+    call(flavor, "cancel", "cancel_task", migrated_db, id="B")
+    sql(migrated_db, "DELETE FROM apalis.jobs WHERE id = 'C'")
+    rows = call(
+        flavor,
+        "cancel",
+        "lost_claims",
+        migrated_db,
+        ids=["A", "B", "C"],
+        attempts=[a.attempts, b.attempts, c.attempts],
+        queue=Q,
+        worker_id=W,
+    )
+    assert sorted((r.id, r.status, r.last_result) for r in rows) == [
+        ("B", "Killed", {"Err": "cancelled by operator"}),
+        ("C", None, None),
+    ]
+
+
+def test_queue_depth_counts_active_rows_by_state_for_the_asked_queues(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    later = now() + timedelta(hours=1)
+    seed(migrated_db, T(id="A"), T(id="B"), T(id="C"), T(id="D", run_at=later))
+    seed(migrated_db, T(id="O"), queue="other")
+    (first, _) = claim(migrated_db, batch=2)
+    ack_sync(migrated_db, first, "Done")
+    rows = call(flavor, "metrics", "queue_depth", migrated_db, queues=[Q, "empty"])
+    assert [(r.job_type, r.due, r.scheduled, r.queued, r.running) for r in rows] == [
+        ("empty", 0, 0, 0, 0),
+        (Q, 1, 1, 0, 1),
+    ]
+    assert rows[0].oldest_due_age_secs == 0
+    assert 50 <= rows[1].oldest_due_age_secs <= 3600  # T() is due since a minute ago
