@@ -8,6 +8,7 @@ import threading
 import psycopg
 import pytest
 from psycopg import sql
+from worker_support import push, task
 
 from apalis_client import worker_ops
 from apalis_client.cancellation import (
@@ -18,7 +19,6 @@ from apalis_client.cancellation import (
 )
 from apalis_client.context import TaskCancelled, TaskContext, current_task, running_task
 from apalis_generated import cancel, lock
-from worker_support import push, task
 
 Q = "cancels"
 W = "w-cancel"

@@ -17,19 +17,21 @@ from apalis_client.retry import (
 )
 
 
-def test_the_default_policy_is_exponential_1s_doubling_capped_at_5_minutes_with_25pct_jitter():
-    assert DEFAULT_RETRY == ExponentialBackoff(base=1.0, factor=2.0, cap=300.0, jitter=0.25)
+def test_the_default_policy_is_exponential_1s_doubling_capped_at_5_minutes_with_25pct_jitter() -> (
+    None
+):
+    assert ExponentialBackoff(base=1.0, factor=2.0, cap=300.0, jitter=0.25) == DEFAULT_RETRY
     assert DEFAULT_RETRY.bounds(1) == (0.75, 1.0)
     assert DEFAULT_RETRY.bounds(4) == (6.0, 8.0)
     assert DEFAULT_RETRY.bounds(20) == (225.0, 300.0)
 
 
-def test_without_jitter_the_delays_are_exact_powers_up_to_the_cap():
+def test_without_jitter_the_delays_are_exact_powers_up_to_the_cap() -> None:
     p = ExponentialBackoff(base=0.5, factor=3, cap=10, jitter=0)
     assert [p.delay(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10.0, 10.0]
 
 
-def test_jittered_delays_stay_within_bounds_and_spread_across_them():
+def test_jittered_delays_stay_within_bounds_and_spread_across_them() -> None:
     p = ExponentialBackoff(base=2, factor=2, cap=60, jitter=0.5, rng=random.Random(7))
     for attempt in range(1, 8):
         low, high = p.bounds(attempt)
@@ -40,12 +42,12 @@ def test_jittered_delays_stay_within_bounds_and_spread_across_them():
         assert max(samples) > high - (high - low) * 0.2
 
 
-def test_a_huge_attempt_number_gives_the_cap_without_overflow():
+def test_a_huge_attempt_number_gives_the_cap_without_overflow() -> None:
     p = ExponentialBackoff(jitter=0)
     assert p.delay(1_000_000) == 300.0
 
 
-def test_a_seeded_rng_makes_the_sequence_reproducible():
+def test_a_seeded_rng_makes_the_sequence_reproducible() -> None:
     a = ExponentialBackoff(rng=random.Random(1))
     b = ExponentialBackoff(rng=random.Random(1))
     assert [a.delay(n) for n in range(1, 10)] == [b.delay(n) for n in range(1, 10)]
@@ -62,18 +64,20 @@ def test_a_seeded_rng_makes_the_sequence_reproducible():
         ({"base": "1"}, "base must be a number of seconds, got '1'"),
     ],
 )
-def test_invalid_exponential_settings_name_the_value(kwargs: dict[str, object], fragment: str):
+def test_invalid_exponential_settings_name_the_value(
+    kwargs: dict[str, object], fragment: str
+) -> None:
     with pytest.raises(InvalidArgument) as info:
         ExponentialBackoff(**kwargs)  # type: ignore[arg-type]
     assert fragment in str(info.value)
 
 
-def test_attempt_numbers_start_at_one():
+def test_attempt_numbers_start_at_one() -> None:
     with pytest.raises(InvalidArgument, match="attempt must be an integer >= 1, got 0"):
         DEFAULT_RETRY.delay(0)
 
 
-def test_as_policy_accepts_none_numbers_policies_and_callables():
+def test_as_policy_accepts_none_numbers_policies_and_callables() -> None:
     assert as_policy(None) is DEFAULT_RETRY
     assert as_policy(3).delay(5) == 3.0
     constant = ConstantBackoff(2)
@@ -81,7 +85,7 @@ def test_as_policy_accepts_none_numbers_policies_and_callables():
     assert as_policy(lambda n: n * 10.0).delay(4) == 40.0
 
 
-def test_as_policy_rejects_what_is_no_policy():
+def test_as_policy_rejects_what_is_no_policy() -> None:
     with pytest.raises(InvalidArgument, match="retry must be a policy, a callable or seconds"):
         as_policy("fast")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="got True"):
@@ -89,12 +93,12 @@ def test_as_policy_rejects_what_is_no_policy():
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "soon"])
-def test_retry_delay_rejects_a_callable_returning_no_valid_delay(bad: object):
+def test_retry_delay_rejects_a_callable_returning_no_valid_delay(bad: object) -> None:
     policy = as_policy(lambda n: bad)  # type: ignore[arg-type, return-value]
     with pytest.raises(InvalidArgument) as info:
         retry_delay(policy, 2)
     assert f"returned {bad!r} for attempt 2" in str(info.value)
 
 
-def test_retry_delay_returns_the_policys_float():
+def test_retry_delay_returns_the_policys_float() -> None:
     assert retry_delay(ConstantBackoff(1.5), 3) == 1.5

@@ -12,33 +12,33 @@ from apalis_client.retry import DEFAULT_RETRY, ConstantBackoff
 from apalis_client.timeouts import Deadlines, check_timeout, effective_timeout, timeout_message
 
 
-def test_a_handler_limit_wins_over_the_worker_default():
+def test_a_handler_limit_wins_over_the_worker_default() -> None:
     assert effective_timeout(2.0, 10.0) == 2.0
     assert effective_timeout(None, 10.0) == 10.0
     assert effective_timeout(None, None) is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, math.inf, math.nan, "5", True])
-def test_a_limit_must_be_positive_finite_seconds(bad: object):
+def test_a_limit_must_be_positive_finite_seconds(bad: object) -> None:
     with pytest.raises(InvalidArgument) as info:
         check_timeout("timeout", bad)  # type: ignore[arg-type]
     assert f"got {bad!r}" in str(info.value)
 
 
-def test_the_async_message_names_the_limit_and_the_cancellation():
+def test_the_async_message_names_the_limit_and_the_cancellation() -> None:
     assert timeout_message(1.5, is_async=True) == (
         "task timed out: the handler ran longer than its 1.5s limit and was cancelled"
     )
 
 
-def test_the_sync_message_names_the_limit_and_the_discarded_result():
+def test_the_sync_message_names_the_limit_and_the_discarded_result() -> None:
     text = timeout_message(30, is_async=False)
     assert "its 30s limit" in text
     assert "slot was freed" in text
     assert "later result is discarded" in text
 
 
-def test_deadlines_expire_in_order_and_skip_discarded_keys():
+def test_deadlines_expire_in_order_and_skip_discarded_keys() -> None:
     d: Deadlines[str] = Deadlines()
     d.add("a", started=100.0, limit=5)
     d.add("b", started=100.0, limit=1)
@@ -54,7 +54,7 @@ def test_deadlines_expire_in_order_and_skip_discarded_keys():
     assert len(d) == 0
 
 
-def test_a_key_added_again_keeps_only_its_latest_deadline():
+def test_a_key_added_again_keeps_only_its_latest_deadline() -> None:
     d: Deadlines[int] = Deadlines()
     d.add(1, started=0.0, limit=1)
     d.add(1, started=5.0, limit=1)
@@ -62,7 +62,7 @@ def test_a_key_added_again_keeps_only_its_latest_deadline():
     assert d.expired(6.0) == [1]
 
 
-def test_handler_options_attach_to_the_function_and_resolve_over_worker_defaults():
+def test_handler_options_attach_to_the_function_and_resolve_over_worker_defaults() -> None:
     @handler_options(timeout=2, retry=5)
     def slow(args: dict[str, int]) -> None:
         pass
@@ -79,6 +79,6 @@ def test_handler_options_attach_to_the_function_and_resolve_over_worker_defaults
     assert inherited.retry is DEFAULT_RETRY
 
 
-def test_handler_options_check_values_when_decorating():
+def test_handler_options_check_values_when_decorating() -> None:
     with pytest.raises(InvalidArgument, match="timeout must be a finite number of seconds > 0"):
         handler_options(timeout=-3)
