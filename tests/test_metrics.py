@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_events import feed
+from test_events import Ref, feed
 from worker_support import push
 
 from apalis_client import worker_ops
@@ -132,3 +132,17 @@ def test_a_port_in_use_is_a_clear_error() -> None:
 def test_an_invalid_port_is_refused_before_binding() -> None:
     with pytest.raises(InvalidArgument, match="from 0 to 65535, got 70000"):
         start_metrics_server(70000, CollectorRegistry())
+
+
+def test_in_progress_counts_handlers_started_and_not_yet_recorded() -> None:
+    obs = PrometheusObserver()
+    obs.started(Ref("A"))
+    obs.started(Ref("B"))
+    obs.finished(Ref("A"), "Done", 0.5)
+    assert obs.registry.get_sample_value("apalis_tasks_in_progress", {"queue": "q"}) == 1
+    assert (
+        obs.registry.get_sample_value(
+            "apalis_task_duration_seconds_bucket", {"queue": "q", "status": "Done", "le": "+Inf"}
+        )
+        == 1
+    )
