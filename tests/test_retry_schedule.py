@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 from ulid import ULID
 
@@ -104,3 +105,48 @@ def test_three_failures_are_retried_at_backoff_intervals_within_jitter_bounds(
         assert low <= gap <= high + 0.5, (gap, low, high)
     # The third wait's bounds (0.8-1.6 s) lie wholly above the first's (0.2-0.4 s).
     assert waited[0][0] < waited[2][0]
+
+
+def test_the_backoff_ack_holds_the_worker_row_against_a_takeover_until_it_commits(
+    migrated_db: str,
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        lease = worker_ops.register_worker(conn, Q, W)
+        push_tasks(
+            conn,
+            queue=Q,
+            jobs=[b"{}"],
+            ids=[str(ULID())],
+            max_attempts=[3],
+            run_ats=[datetime.now().astimezone()],
+            priorities=[0],
+            metadata=["{}"],
+            idempotency_keys=[None],
+        )
+        job = rust_claim(conn, 5)
+    with psycopg.connect(migrated_db) as acker, psycopg.connect(migrated_db) as taker:
+        (acked,) = ack_batch_backoff(
+            acker,
+            worker_id=W,
+            queue=Q,
+            lease_token=lease.lease_token,
+            ids=[job["id"]],
+            attempts=[job["attempts"]],
+            lock_ats=[job["lock_at"]],
+            outcomes=["Failed"],
+            results=['{"Err": "x"}'],
+            delays=[1.0],
+        )
+        assert acked.status == "Failed"
+        # A takeover or release locks the row FOR UPDATE: it must wait for the ack's commit.
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            taker.execute(
+                "SELECT 1 FROM apalis.workers WHERE id = %s AND worker_type = %s FOR UPDATE NOWAIT",
+                (W, Q),
+            )
+        taker.rollback()
+        acker.commit()
+        taker.execute(
+            "SELECT 1 FROM apalis.workers WHERE id = %s AND worker_type = %s FOR UPDATE NOWAIT",
+            (W, Q),
+        )
