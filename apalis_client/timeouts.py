@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 from apalis_client.errors import InvalidArgument
 
-__all__ = ["Deadlines", "check_timeout", "effective_timeout", "timeout_message"]
+__all__ = ["Deadlines", "ThreadSlots", "check_timeout", "effective_timeout", "timeout_message"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -99,3 +99,52 @@ class Deadlines(Generic[K]):
             _, _, key = heapq.heappop(self._heap)
             del self._live[key]
             out.append(key)
+
+
+class ThreadSlots:
+    """Slot accounting for sync handlers whose timed-out threads cannot be stopped.
+
+    A timed-out (or cancelled) sync handler frees its slot at once, but its thread keeps
+    running until the handler returns. The pool therefore holds ``concurrency`` threads
+    plus up to ``spare`` abandoned ones (default: ``concurrency``); while more than
+    ``spare`` are abandoned, the surplus keeps slots busy, so a worker whose handlers
+    ignore every limit degrades to fewer slots instead of growing threads without bound.
+    """
+
+    def __init__(self, concurrency: int, spare: int | None = None) -> None:
+        if concurrency < 1:
+            raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
+        spare = concurrency if spare is None else spare
+        if spare < 0:
+            raise InvalidArgument(f"spare threads must be >= 0, got {spare}")
+        self.concurrency = concurrency
+        self.spare = spare
+        self.running = 0
+        self.abandoned = 0
+
+    @property
+    def pool_size(self) -> int:
+        """Threads the executor needs (``max_workers``)."""
+        return self.concurrency + self.spare
+
+    def free(self) -> int:
+        """Slots a claim may fill now."""
+        surplus = max(0, self.abandoned - self.spare)
+        return max(0, self.concurrency - self.running - surplus)
+
+    def start(self) -> None:
+        """A handler was submitted."""
+        self.running += 1
+
+    def finish(self) -> None:
+        """A handler returned in time."""
+        self.running -= 1
+
+    def abandon(self) -> None:
+        """A running handler timed out or was cancelled: its slot is free, its thread is not."""
+        self.running -= 1
+        self.abandoned += 1
+
+    def abandoned_returned(self) -> None:
+        """An abandoned handler's thread finally returned (its result is discarded)."""
+        self.abandoned -= 1

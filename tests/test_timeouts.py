@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from apalis_client.errors import InvalidArgument
 from apalis_client.handler_options import handler_options, options_of, resolve
 from apalis_client.retry import DEFAULT_RETRY, ConstantBackoff
-from apalis_client.timeouts import Deadlines, check_timeout, effective_timeout, timeout_message
+from apalis_client.timeouts import (
+    Deadlines,
+    ThreadSlots,
+    check_timeout,
+    effective_timeout,
+    timeout_message,
+)
 
 
 def test_a_handler_limit_wins_over_the_worker_default() -> None:
@@ -82,3 +90,35 @@ def test_handler_options_attach_to_the_function_and_resolve_over_worker_defaults
 def test_handler_options_check_values_when_decorating() -> None:
     with pytest.raises(InvalidArgument, match="timeout must be a finite number of seconds > 0"):
         handler_options(timeout=-3)
+
+
+def test_a_timed_out_thread_frees_its_slot_while_spare_threads_remain() -> None:
+    slots = ThreadSlots(concurrency=2)
+    assert slots.pool_size == 4
+    slots.start()
+    slots.start()
+    assert slots.free() == 0
+    slots.abandon()  # timed out: its thread still runs the handler
+    assert slots.free() == 1
+    slots.start()
+    slots.abandon()
+    slots.start()
+    slots.abandon()  # a third abandoned thread: one more than the two spare
+    assert (slots.running, slots.abandoned, slots.free()) == (1, 3, 0)
+    slots.abandoned_returned()
+    assert slots.free() == 1
+
+
+def test_a_real_pool_sized_by_thread_slots_runs_the_next_task_beside_a_stuck_one() -> None:
+    slots = ThreadSlots(concurrency=1)
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=slots.pool_size) as pool:
+        slots.start()
+        stuck = pool.submit(release.wait, 10)
+        slots.abandon()  # its limit passed; the thread cannot be stopped
+        assert slots.free() == 1
+        slots.start()
+        nxt = pool.submit(lambda: "next task ran")
+        assert nxt.result(timeout=5) == "next task ran"
+        release.set()
+        assert stuck.result(timeout=5) is True
