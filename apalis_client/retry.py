@@ -12,6 +12,7 @@ the exponential value so failing tasks of one burst do not retry in lockstep.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -20,11 +21,14 @@ from typing import Protocol, runtime_checkable
 
 from apalis_client.errors import InvalidArgument
 
+log = logging.getLogger("apalis_client.worker")
+
 __all__ = [
     "DEFAULT_RETRY",
     "ConstantBackoff",
     "ExponentialBackoff",
     "RetryPolicy",
+    "ack_delay",
     "as_policy",
     "retry_delay",
 ]
@@ -165,3 +169,21 @@ def retry_delay(policy: RetryPolicy, attempt: int) -> float:
             "expected a finite number of seconds >= 0"
         )
     return float(value)
+
+
+def ack_delay(policy: RetryPolicy, *, status: str, attempts: int, max_attempts: int) -> float:
+    """The ``delays`` entry of one ack: the backoff when the attempt stays retryable, else 0.
+
+    ``attempts`` is the row's count when claimed (the attempt that just ran is ``attempts +
+    1``). A policy that raises or returns no valid delay is logged and the task retries
+    without delay: a bad policy must not lose the outcome of the attempt.
+    """
+    if status != "Failed" or attempts + 1 >= max_attempts:
+        return 0.0
+    try:
+        return retry_delay(policy, attempts + 1)
+    except Exception as exc:
+        log.error(
+            "retry policy %r failed for attempt %d: %s; retrying now", policy, attempts + 1, exc
+        )
+        return 0.0

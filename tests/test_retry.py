@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 
@@ -12,6 +13,7 @@ from apalis_client.retry import (
     DEFAULT_RETRY,
     ConstantBackoff,
     ExponentialBackoff,
+    ack_delay,
     as_policy,
     retry_delay,
 )
@@ -102,3 +104,34 @@ def test_retry_delay_rejects_a_callable_returning_no_valid_delay(bad: object) ->
 
 def test_retry_delay_returns_the_policys_float() -> None:
     assert retry_delay(ConstantBackoff(1.5), 3) == 1.5
+
+
+def test_ack_delay_backs_off_only_a_failure_that_will_be_retried() -> None:
+    policy = ConstantBackoff(7)
+    assert ack_delay(policy, status="Failed", attempts=0, max_attempts=5) == 7.0
+    assert ack_delay(policy, status="Failed", attempts=4, max_attempts=5) == 0.0  # Killed
+    assert ack_delay(policy, status="Done", attempts=0, max_attempts=5) == 0.0
+    assert ack_delay(policy, status="Killed", attempts=0, max_attempts=5) == 0.0
+
+
+def test_ack_delay_passes_the_attempt_number_that_just_failed() -> None:
+    seen: list[int] = []
+
+    def record(attempt: int) -> float:
+        seen.append(attempt)
+        return 1.0
+
+    ack_delay(as_policy(record), status="Failed", attempts=2, max_attempts=5)
+    assert seen == [3]
+
+
+def test_a_broken_policy_is_logged_and_the_retry_goes_ahead_without_delay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(attempt: int) -> float:
+        raise ZeroDivisionError("oops")
+
+    with caplog.at_level(logging.ERROR, logger="apalis_client.worker"):
+        delay = ack_delay(as_policy(broken), status="Failed", attempts=0, max_attempts=3)
+    assert delay == 0.0
+    assert "failed for attempt 1: oops; retrying now" in caplog.text
