@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from apalis_client.admin_logic import (
+    EPOCH,
     KILL_REASON,
     KILLABLE,
     ORPHAN_THRESHOLD,
@@ -160,13 +161,16 @@ async def purge_async(
         if row is None:
             raise RuntimeError("retention_cutoff returned no row")
         for step in (retention_async.purge_batch, retention_async.purge_batch_undated):
+            after = EPOCH
             while True:
                 async with conn.transaction():
-                    count = await step(conn, queue=queue, cutoff=row.cutoff, batch=size)
+                    done = await step(conn, queue=queue, after=after, cutoff=row.cutoff, batch=size)
                 batches += 1
+                count = done.deleted if done is not None else 0
                 deleted += count
-                if count < size:
+                if count < size or done is None or done.last_at is None:
                     break
+                after = done.last_at
     return PurgeReport(deleted, batches, row.cutoff, time.monotonic() - started)
 
 

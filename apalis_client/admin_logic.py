@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -28,6 +28,8 @@ ORPHAN_THRESHOLD = 300.0
 WAIT_FIRST_POLL = 0.1
 WAIT_MAX_POLL = 2.0
 KILL_REASON = "killed by an operator"
+# Where a purge's first batch starts: before any finish time a row can carry.
+EPOCH = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
 def canonical_status(value: str, *, allowed: Sequence[str] = STATUSES, what: str = "status") -> str:

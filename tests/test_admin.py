@@ -18,6 +18,7 @@ from ulid import ULID
 from worker_support import REPO, Background, push, rows, statuses, task, wait_for
 
 from apalis_client import admin
+from apalis_client.admin_logic import EPOCH
 from apalis_client import worker_ops as ops
 from apalis_client.config import WorkerConfig
 from apalis_client.errors import (
@@ -324,7 +325,10 @@ def test_a_claim_never_waits_for_an_open_purge_batch(migrated_db: str) -> None:
 
         cut = retention.retention_cutoff(purger, window_secs=0.0)
         assert cut is not None
-        assert retention.purge_batch(purger, queue="q", cutoff=cut.cutoff, batch=10_000) == 50
+        done = retention.purge_batch(
+            purger, queue="q", after=EPOCH, cutoff=cut.cutoff, batch=10_000
+        )
+        assert done is not None and done.deleted == 50
         with psycopg.connect(migrated_db, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '1s'")  # a wait on the batch's locks fails here
             lease = ops.register_worker(conn, "q", "claimer")
@@ -447,6 +451,7 @@ def test_check_status_reports_without_waiting(ad: Admin, migrated_db: str) -> No
 _PURGER = """
 import sys, psycopg
 from apalis_client import admin
+from apalis_client.admin_logic import EPOCH
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     print(admin.purge(conn, "q", older_than=0, batch=int(sys.argv[2])).deleted)
 """
