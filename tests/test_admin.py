@@ -18,8 +18,8 @@ from ulid import ULID
 from worker_support import REPO, Background, push, rows, statuses, task, wait_for
 
 from apalis_client import admin
-from apalis_client.admin_logic import EPOCH
 from apalis_client import worker_ops as ops
+from apalis_client.admin_logic import EPOCH
 from apalis_client.config import WorkerConfig
 from apalis_client.errors import (
     InvalidArgument,
