@@ -122,6 +122,39 @@ class AlreadyRegistered(ApalisError):
         self.queue = queue
 
 
+class TaskNotFound(ApalisError, LookupError):
+    """No task carries the given id (never pushed, or purged since)."""
+
+    def __init__(self, task_ids: Sequence[str]) -> None:
+        shown = ", ".join(repr(t) for t in task_ids[:10])
+        more = f" and {len(task_ids) - 10} more" if len(task_ids) > 10 else ""
+        super().__init__(f"no task {shown}{more}")
+        self.task_ids = list(task_ids)
+
+
+class TaskStateConflict(ApalisError):
+    """The task exists but its status does not allow the operation (e.g. retry of a Pending)."""
+
+    def __init__(self, task_id: str, status: str, message: str) -> None:
+        super().__init__(f"task {task_id} is {status}: {message}")
+        self.task_id = task_id
+        self.status = status
+
+
+class WaitTimeout(ApalisError, TimeoutError):
+    """``wait_for`` gave up: some tasks had not finished when the timeout ran out."""
+
+    def __init__(self, timeout: float, pending: Sequence[str]) -> None:
+        shown = ", ".join(pending[:10])
+        more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        super().__init__(
+            f"timed out after {timeout:g}s waiting for {len(pending)} task(s) to finish: "
+            f"{shown}{more}"
+        )
+        self.timeout = timeout
+        self.pending = list(pending)
+
+
 _KEY_DETAIL = re.compile(r"^Key \(job_type, idempotency_key\)=\((?P<queue>.*), (?P<key>.*)\)")
 _ID_DETAIL = re.compile(r"^Key \(id\)=\((?P<id>.*)\) already exists")
 _SCHEMA_MISSING = (

@@ -29,6 +29,7 @@ from psycopg import sql
 
 from apalis_client import limits
 from apalis_client import worker_ops as ops
+from apalis_client._retention import log_operator_kills, retention_loop
 from apalis_client.config import Config, WorkerConfig
 from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
 from apalis_client.worker_logic import (
@@ -240,6 +241,9 @@ class _Run:
                     max_workers=self.w.concurrency, thread_name_prefix=f"apalis-{self.w.queue}"
                 )
             background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
+            if self.cfg.retention_window is not None:
+                purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)
+                background.append(asyncio.ensure_future(purging))
             if self.cfg.listen:
                 listening = asyncio.Event()
                 background.append(asyncio.ensure_future(self._listen_loop(listening)))
@@ -392,6 +396,7 @@ class _Run:
         with self._taking_completions() as done:
             report, claimed = await ops.ack_and_claim_async(conn, lease, done, batch=free, ids=ids)
         self._count_acks(report)
+        await log_operator_kills(conn, lease.worker_id, report.stale)
         if claimed:
             log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
         self.stats.claimed += len(claimed)
@@ -453,6 +458,7 @@ class _Run:
         with self._taking_completions() as done:
             report = await ops.ack_many_async(conn, lease, done)
         self._count_acks(report)
+        await log_operator_kills(conn, lease.worker_id, report.stale)
 
     @contextlib.contextmanager
     def _taking_completions(self) -> Iterator[list[tuple[Job, Outcome]]]:

@@ -165,8 +165,8 @@ def _ack_report(items: Sequence[tuple[Job, Outcome]], rows: Sequence[Any]) -> Ac
     stale = [t for t, _ in items if t.id not in statuses]
     for task in stale:
         log.warning(
-            "stale acknowledgement of task %s (attempts=%d): it was re-enqueued or taken "
-            "over meanwhile; its newer outcome was kept",
+            "stale acknowledgement of task %s (attempts=%d): it was re-enqueued, taken "
+            "over or killed meanwhile; its newer outcome was kept",
             task.id,
             task.attempts,
         )

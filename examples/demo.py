@@ -10,8 +10,10 @@ worker that drains the queue and prints what each task left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import psycopg
 from pydantic import BaseModel
@@ -23,14 +25,30 @@ from apalis_client import (
     Task,
     Worker,
     WorkerConfig,
+    admin,
     migrate,
     verify_schema,
 )
-from apalis_client.cli import database_or_throwaway
-from apalis_client.cli_ops import format_table
-from apalis_generated import admin
+from apalis_client.cli import format_table
 
 QUEUE = "demo::SendReceipt"
+
+
+@contextlib.contextmanager
+def database_or_throwaway(url: str | None) -> Iterator[str]:
+    """``url`` itself, or (none configured) a throwaway server found as the tests find one.
+
+    The throwaway server comes from the code generator's helpers (the `codegen` extra),
+    which the apalis_client package itself never imports.
+    """
+    if url:
+        yield url
+        return
+    from apalis_codegen.pgfind import find_postgres
+
+    with find_postgres() as server:
+        print(f"using a throwaway PostgreSQL ({server.source})")
+        yield server.url
 
 
 class SendReceipt(BaseModel):
@@ -109,7 +127,7 @@ def main(url: str | None) -> None:
         )
 
         with psycopg.connect(db, autocommit=True) as conn:
-            tasks = admin.list_tasks(conn, queue=QUEUE, status=None, limit=20, offset=0)
+            tasks = admin.list_tasks(conn, QUEUE)
         rows = [
             [t.id, t.status, str(t.attempts), t.job.decode(), str(t.last_result)]
             for t in tasks

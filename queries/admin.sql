@@ -49,27 +49,62 @@ REFRESH MATERIALIZED VIEW CONCURRENTLY apalis.queue_stats_snapshot;
 -- not-null: jobs_past_7_days, snapshot_at
 SELECT * FROM apalis.queue_stats_snapshot ORDER BY job_type;
 
+-- name: find_tasks :many
+-- The tasks among @ids that exist (any queue, any status), in id order.
+SELECT * FROM apalis.jobs WHERE id = ANY(@ids::text[]) ORDER BY id;
+
 -- name: retry_task :one
 -- Put a finished or failed task back to Pending, claimable at once: the lock
--- is cleared, and a task out of attempts gets exactly one more.
+-- and the old result are cleared, and a task out of attempts gets exactly one
+-- more.
 UPDATE apalis.jobs
    SET status = 'Pending',
        lock_by = NULL,
        lock_at = NULL,
        done_at = NULL,
-       run_at = now(),
+       last_result = NULL,
+       run_at = statement_timestamp(),
        max_attempts = GREATEST(max_attempts, attempts + 1)
  WHERE id = @id
    AND status IN ('Done', 'Failed', 'Killed')
 RETURNING *;
 
+-- name: retry_tasks :execrows
+-- retry_task for every task of a queue in one status (Done, Failed or Killed).
+UPDATE apalis.jobs
+   SET status = 'Pending',
+       lock_by = NULL,
+       lock_at = NULL,
+       done_at = NULL,
+       last_result = NULL,
+       run_at = statement_timestamp(),
+       max_attempts = GREATEST(max_attempts, attempts + 1)
+ WHERE job_type = @queue
+   AND status = @status::text
+   AND status IN ('Done', 'Failed', 'Killed');
+
 -- name: kill_task :one
 -- Kill a task that has not finished: it will not be claimed again, and a
--- worker still running it gets a stale acknowledgement.
+-- worker still running it gets a stale acknowledgement. lock_by, lock_at and
+-- attempts stay as they were, which is how that worker tells an operator's
+-- kill from a recovery (a recovery clears the lock).
 UPDATE apalis.jobs
    SET status = 'Killed',
-       done_at = now(),
+       done_at = clock_timestamp(),
        last_result = jsonb_build_object('Err', @reason::text)
  WHERE id = @id
-   AND status IN ('Pending', 'Queued', 'Running', 'Failed')
+   AND (status IN ('Pending', 'Queued', 'Running')
+        OR (status = 'Failed' AND attempts < max_attempts))
 RETURNING *;
+
+-- name: kill_tasks :execrows
+-- kill_task for every unfinished task of a queue in one status (Pending,
+-- Queued, Running, or Failed with attempts left).
+UPDATE apalis.jobs
+   SET status = 'Killed',
+       done_at = clock_timestamp(),
+       last_result = jsonb_build_object('Err', @reason::text)
+ WHERE job_type = @queue
+   AND status = @status::text
+   AND (status IN ('Pending', 'Queued', 'Running')
+        OR (status = 'Failed' AND attempts < max_attempts));

@@ -1356,6 +1356,113 @@ def test_kill_task_refuses_a_finished_task(flavor: Flavor, migrated_db: str) -> 
     assert find(migrated_db, job.id) == before
 
 
+def test_find_tasks_returns_the_existing_ones_in_id_order(flavor: Flavor, migrated_db: str) -> None:
+    a, b = sorted(seed(migrated_db, T(), T()))
+    rows = call(flavor, "admin", "find_tasks", migrated_db, ids=[b, str(ULID()), a])
+    assert [r.id for r in rows] == [a, b] and all(type(r) is Job for r in rows)
+
+
+def test_retry_tasks_retries_one_status_of_one_queue_and_clears_results(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    job, _ = claimed_task(migrated_db)
+    assert ack_sync(migrated_db, job, "Done", {"Ok": 1}) == 1
+    seed(migrated_db, T())
+    assert call(flavor, "admin", "retry_tasks", migrated_db, queue=Q, status="Pending") == 0
+    assert call(flavor, "admin", "retry_tasks", migrated_db, queue=Q, status="Done") == 1
+    back = find(migrated_db, job.id)
+    assert (back.status, back.last_result, back.lock_by) == ("Pending", None, None)
+
+
+def test_kill_tasks_kills_one_unfinished_status_of_one_queue(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    ids = seed(migrated_db, T(), T())
+    seed(migrated_db, T(), queue="other")
+    assert (
+        call(flavor, "admin", "kill_tasks", migrated_db, queue=Q, status="Pending", reason="x") == 2
+    )
+    assert [find(migrated_db, i).last_result for i in ids] == [{"Err": "x"}] * 2
+    assert (
+        call(flavor, "admin", "kill_tasks", migrated_db, queue=Q, status="Killed", reason="y") == 0
+    )
+
+
+# --- retention, workers, wait ------------------------------------------------------------
+
+
+EPOCH = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+
+def test_retention_cutoff_is_the_server_clock_minus_the_window(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    row = call(flavor, "retention", "retention_cutoff", migrated_db, window_secs=3600.0)
+    assert abs((now() - timedelta(hours=1) - row.cutoff).total_seconds()) < 60
+
+
+def test_purge_batch_deletes_old_terminal_rows_oldest_first_up_to_the_batch(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    seed(migrated_db, T(), T(), T())
+    jobs = claim(migrated_db)
+    for age, job in zip((3, 2, 1), jobs, strict=True):  # hours since done
+        assert ack_sync(migrated_db, job, "Done") == 1
+        sql(migrated_db, "UPDATE apalis.jobs SET done_at = now() - make_interval(hours => %s)"
+            " WHERE id = %s", (age, job.id))  # fmt: skip
+    (pending,) = seed(migrated_db, T(run_at=now() - timedelta(hours=5)))
+    cut = now() - timedelta(minutes=90)
+    first = call(flavor, "retention", "purge_batch", migrated_db, queue=Q, after=EPOCH,
+                 cutoff=cut, batch=1)  # fmt: skip
+    assert first.deleted == 1 and first.last_at is not None
+    left = {r[0] for r in sql(migrated_db, "SELECT id FROM apalis.jobs")}
+    assert jobs[0].id not in left  # the oldest went first
+    rest = call(flavor, "retention", "purge_batch", migrated_db, queue=Q, after=first.last_at,
+                cutoff=cut, batch=10)  # fmt: skip
+    assert rest.deleted == 1
+    left = {r[0] for r in sql(migrated_db, "SELECT id FROM apalis.jobs")}
+    assert left == {jobs[2].id, pending}
+
+
+def test_purge_batch_undated_deletes_terminal_rows_without_done_at_by_run_at(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    (old, new) = seed(migrated_db, T(run_at=now() - timedelta(hours=3)), T())
+    sql(migrated_db, "UPDATE apalis.jobs SET status = 'Killed', done_at = NULL")
+    done = call(flavor, "retention", "purge_batch_undated", migrated_db, queue=Q, after=EPOCH,
+                cutoff=now() - timedelta(hours=1), batch=10)  # fmt: skip
+    assert done.deleted == 1 and done.last_at is not None
+    assert [r[0] for r in sql(migrated_db, "SELECT id FROM apalis.jobs")] == [new]
+    assert old not in {r[0] for r in sql(migrated_db, "SELECT id FROM apalis.jobs")}
+
+
+def test_list_workers_and_prune_workers_batch(flavor: Flavor, migrated_db: str) -> None:
+    register(migrated_db)
+    register(migrated_db, worker="idle")
+    age_worker(migrated_db)
+    age_worker(migrated_db, worker="idle")
+    seed(migrated_db, T())
+    claim(migrated_db)  # W holds a task: it is named and kept
+    rows = call(flavor, "workers", "list_workers", migrated_db, queue=Q)
+    assert {(r.id, r.active_tasks, r.registered) for r in rows} == {(W, 1, True), ("idle", 0, True)}
+    everyone = call(flavor, "workers", "list_workers", migrated_db, queue=None)
+    assert [r.id for r in everyone] == [r.id for r in rows]  # seen_secs_ago moves on
+    cut = now() - timedelta(minutes=30)
+    assert call(flavor, "workers", "prune_workers_batch", migrated_db, queue=Q, cutoff=cut,
+                batch=10) == 1  # fmt: skip
+    assert [r[0] for r in sql(migrated_db, "SELECT id FROM apalis.workers")] == [W]
+
+
+def test_poll_tasks_says_which_tasks_are_finished(flavor: Flavor, migrated_db: str) -> None:
+    job, _ = claimed_task(migrated_db, max_attempts=1)
+    assert ack_sync(migrated_db, job, "Failed", {"Err": "x"}) == 1  # Killed at the limit
+    (pending,) = seed(migrated_db, T())
+    rows = call(flavor, "wait", "poll_tasks", migrated_db, ids=[job.id, pending, str(ULID())])
+    got = {r.id: (r.status, r.finished) for r in rows}
+    assert got == {job.id: ("Killed", True), pending: ("Pending", False)}
+
+
 # --- catalog ---------------------------------------------------------------------------------
 
 

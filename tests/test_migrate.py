@@ -254,7 +254,7 @@ def test_cli_reports_an_unreachable_server_without_a_traceback(
 ) -> None:
     code = cli_main(["verify", "--database-url", "postgresql://u:secret@127.0.0.1:1/x"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 4
     assert "cannot connect to" in err and "port=1" in err
     assert "secret" not in err and "Traceback" not in err
 
@@ -265,7 +265,7 @@ def test_cli_reports_an_unknown_role_without_a_traceback(
     url = psycopg.conninfo.make_conninfo(server_url, user="no_such_role_apalis", password="wrong")
     code = cli_main(["migrate", "--database-url", url])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 4
     assert "no_such_role_apalis" in err and "wrong" not in err.replace("no_such_role", "")
 
 
@@ -319,7 +319,7 @@ def test_cli_reports_a_wrong_password_without_a_traceback(
         if "password authentication failed" in err or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert code == 2
+    assert code == 4
     assert f'password authentication failed for user "{password_role}"' in err
     assert "wrong-pass" not in err and "Traceback" not in err
     with psycopg.connect(right) as conn:  # the same role gets in with its real password

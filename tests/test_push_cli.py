@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from conftest import Query
@@ -98,7 +101,7 @@ def test_second_push_with_the_same_key_fails_with_status_2(
         (["--json", "NaN"], "NaN is not JSON"),
         (["--json", "1", "--metadata", "[1]"], "--metadata must be a JSON object"),
         (["--json", "1", "--run-at", "tomorrow"], "neither unix seconds nor an ISO 8601"),
-        (["--json", "1", "--run-at", "2030-01-01T00:00:00"], "naive datetime"),
+        (["--json", "1", "--run-at", "2030-01-01T00:00:00"], "has no UTC offset"),
         (["--json", "1", "--priority", "-1"], "priority -1 is out of range"),
     ],
 )
@@ -113,6 +116,50 @@ def test_bad_input_is_refused_with_nothing_written(
     assert (code, out) == (2, "")
     assert message in err
     assert query(migrated_db, "SELECT count(*) FROM apalis.jobs") == [(0,)]
+
+
+def test_push_reads_the_payload_from_a_file(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], query: Query, tmp_path: Path
+) -> None:
+    big = {"blob": "x" * 200_000}  # past what a shell passes as one argument
+    (tmp_path / "task.json").write_text(json.dumps(big), encoding="utf-8")
+    code, out, err = run(
+        capsys, "push", "q", "--json", f"@{tmp_path / 'task.json'}", "--database-url", migrated_db
+    )
+    assert (code, err) == (0, "")
+    assert query(migrated_db, "SELECT id, length(job) FROM apalis.jobs") == [
+        (out.strip(), len(json.dumps(big, separators=(",", ":"))))
+    ]
+
+
+def test_push_of_a_missing_file_names_it(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.json"
+    code, out, err = run(
+        capsys, "push", "q", "--json", f"@{missing}", "--database-url", migrated_db
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        f"apalis-client push: error: --json @{missing}: cannot read '{missing}': "
+        "No such file or directory\n"
+    )
+
+
+def test_push_reads_the_payload_from_stdin(migrated_db: str, query: Query) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "apalis_client", "push", "q", "--json", "-"],
+        input='{"from": "stdin"}',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "DATABASE_URL": migrated_db},
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert query(migrated_db, "SELECT id, job FROM apalis.jobs") == [
+        (done.stdout.strip(), b'{"from":"stdin"}')
+    ]
 
 
 def test_push_runs_as_the_installed_command(migrated_db: str, query: Query) -> None:

@@ -1,26 +1,43 @@
-"""The ``push`` command: enqueue one task from the shell and print its id."""
+"""``push``: enqueue one task from the shell and print its id."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apalis_client.cli import add_database_url, connect, require_url
-from apalis_client.errors import InvalidArgument
-from apalis_client.producer import push_task_with_conn
-from apalis_client.task import Task
+from apalis_client.cli._common import OK, USAGE, Failure, add_database_url, connect, require_url
+
+if TYPE_CHECKING:
+    from apalis_client.task import Task
 
 
 def _json(what: str, text: str) -> Any:
     def no_constants(name: str) -> None:
-        raise InvalidArgument(f"{what}: {name} is not JSON")
+        raise Failure(f"{what}: {name} is not JSON", USAGE)
 
     try:
         return json.loads(text, parse_constant=no_constants)
     except ValueError as exc:
-        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from exc
+        raise Failure(f"{what} is not valid JSON: {exc}", USAGE) from exc
+
+
+def read_payload(value: str) -> str:
+    """``--json``: the JSON itself, ``@FILE`` for a file's contents, ``-`` for stdin."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        path = value[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as exc:
+            raise Failure(f"--json {value}: cannot read {path!r}: {exc.strerror}", USAGE) from exc
+        except UnicodeDecodeError as exc:
+            raise Failure(f"--json {value}: {path!r} is not UTF-8 text", USAGE) from exc
+    return value
 
 
 def parse_run_at(text: str) -> datetime | float:
@@ -30,16 +47,21 @@ def parse_run_at(text: str) -> datetime | float:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError as exc:
-        raise InvalidArgument(
-            f"--run-at {text!r} is neither unix seconds nor an ISO 8601 time"
+        raise Failure(
+            f"--run-at {text!r} is neither unix seconds nor an ISO 8601 time", USAGE
         ) from exc
+    if when.tzinfo is None:
+        raise Failure(f"--run-at {text!r} has no UTC offset (add Z or +HH:MM)", USAGE)
+    return when
 
 
 def task_from_args(args: argparse.Namespace) -> Task[Any]:
     """The task the command line describes (checked like any other task)."""
-    fields: dict[str, Any] = {"args": _json("--json", args.json)}
+    from apalis_client.task import Task
+
+    fields: dict[str, Any] = {"args": _json("--json", read_payload(args.json))}
     if args.run_at is not None:
         fields["run_at"] = parse_run_at(args.run_at)
     if args.priority is not None:
@@ -51,27 +73,34 @@ def task_from_args(args: argparse.Namespace) -> Task[Any]:
     if args.metadata is not None:
         metadata = _json("--metadata", args.metadata)
         if not isinstance(metadata, dict):
-            raise InvalidArgument("--metadata must be a JSON object")
+            raise Failure("--metadata must be a JSON object", USAGE)
         fields["metadata"] = metadata
     return Task[Any](**fields)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from apalis_client.producer import push_task_with_conn
+
     task = task_from_args(args)
     with connect(require_url(args)) as conn:
         print(push_task_with_conn(conn, args.queue, task))
-    return 0
+    return OK
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``push`` subcommand."""
+    """Add ``push``."""
     p = sub.add_parser(
         "push",
         help="enqueue one task (committed at once) and print its id",
         description="Enqueue one task, JSON payload, committed at once; prints the task id.",
     )
     p.add_argument("queue", help="queue name (the Rust Config::new name / job_type)")
-    p.add_argument("--json", required=True, help='task arguments as JSON, e.g. \'{"to": "a"}\'')
+    p.add_argument(
+        "--json",
+        required=True,
+        metavar="JSON|@FILE|-",
+        help='task arguments as JSON (e.g. \'{"to": "a"}\'), @FILE to read a file, - to read stdin',
+    )
     p.add_argument("--run-at", help="not before: ISO 8601 with offset, or unix seconds")
     p.add_argument("--priority", type=int, help="larger runs sooner (default 0)")
     p.add_argument("--max-attempts", type=int, help="attempts before Killed (default 5)")

@@ -1,43 +1,53 @@
-"""``apalis-client worker QUEUE module:function``: run a Python worker from the command line."""
+"""``worker QUEUE module:function``: run a Python worker from the command line."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from apalis_client.cli import add_database_url, require_url
-from apalis_client.errors import InvalidArgument
-from apalis_client.worker import Worker, WorkerConfig
+from apalis_client.cli._common import (
+    LEASE_LOST,
+    OK,
+    USAGE,
+    Failure,
+    add_database_url,
+    parse_duration,
+    require_url,
+)
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
     """Import ``module:function`` (the current directory is importable, as with uvicorn)."""
+    import importlib
+
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise InvalidArgument(f"handler must be given as module:function, got {spec!r}")
+        raise Failure(f"handler must be given as module:function, got {spec!r}", USAGE)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidArgument(f"cannot import handler module {module_name!r}: {exc}") from exc
+        raise Failure(f"cannot import handler module {module_name!r}: {exc}", USAGE) from exc
     target: Any = module
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError as exc:
-            raise InvalidArgument(f"module {module_name!r} has no attribute {attr!r}") from exc
+            raise Failure(f"module {module_name!r} has no attribute {attr!r}", USAGE) from exc
     if not callable(target):
-        raise InvalidArgument(f"{spec!r} is not callable")
+        raise Failure(f"{spec!r} is not callable", USAGE)
     return target  # type: ignore[no-any-return]
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    from apalis_client.worker import Worker, WorkerConfig
+
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -51,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
             "orphan_threshold",
             "batch_size",
             "shutdown_timeout",
+            "retention_window",
+            "retention_interval",
         )
         if getattr(args, name) is not None
     }
@@ -65,18 +77,18 @@ def _run(args: argparse.Namespace) -> int:
             config=config,
         )
     except TypeError as exc:  # the handler's signature does not fit
-        raise InvalidArgument(str(exc)) from exc
+        raise Failure(str(exc), USAGE) from exc
     stats = worker.run(until_idle=args.until_idle, max_tasks=args.max_tasks)
     print(
         f"worker {stats.worker_id}: {stats.done} done, {stats.failed} failed, "
         f"{stats.killed} killed, {stats.stale} stale in {stats.seconds:.1f}s",
         flush=True,
     )
-    return 3 if stats.lease_lost else 0
+    return LEASE_LOST if stats.lease_lost else OK
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``worker`` subcommand."""
+    """Add ``worker``."""
     p = sub.add_parser(
         "worker",
         help="run a Python worker for a queue (SIGTERM/SIGINT stop it gracefully)",
@@ -95,6 +107,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--orphan-threshold", type=float, default=None, help="seconds (default 300)")
     p.add_argument("--batch-size", type=int, default=None, help="max tasks per claim")
     p.add_argument("--shutdown-timeout", type=float, default=None, help="seconds (default 30)")
+    p.add_argument(
+        "--retention-window",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="purge this queue's finished tasks older than this (e.g. 7d); default: keep all",
+    )
+    p.add_argument(
+        "--retention-interval",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="how often the retention purge runs (default 1h)",
+    )
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
     p.add_argument("--until-idle", action="store_true", help="exit once nothing is claimable")
     p.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks")

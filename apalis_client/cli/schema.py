@@ -1,0 +1,85 @@
+"""``migrate`` and ``verify``: set up the apalis schema and check it against generation 14."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from apalis_client.cli._common import (
+    NO,
+    OK,
+    add_database_url,
+    add_json,
+    connect,
+    print_json,
+    require_url,
+)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from apalis_client.migrate import migrate
+
+    with connect(require_url(args)) as conn:
+        report = migrate(conn)
+    if args.as_json:
+        print_json({"applied": report.applied, "reconciled": report.reconciled})
+    elif report.applied:
+        # A fresh or upgraded schema: the repeatable parts were (re)written with it, so
+        # listing them as "reconciled" would only say the same thing again.
+        print(f"schema migrated: applied {', '.join(report.applied)}")
+    elif report.reconciled:
+        print(f"schema repaired: {', '.join(report.reconciled)}")
+    else:
+        print("schema up to date: nothing to do")
+    return OK
+
+
+def headline(problems: list[str]) -> str:
+    """The one line that matters about a schema that is not generation 14."""
+    if any(p.startswith("relation apalis.jobs is missing") for p in problems):
+        return "no apalis schema in this database: run `apalis-client migrate`"
+    return (
+        f"schema differs from generation 14 in {len(problems)} way(s): "
+        "run `apalis-client migrate` to repair"
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from apalis_client.migrate import verify_schema
+
+    with connect(require_url(args)) as conn:
+        report = verify_schema(conn)
+    if args.as_json:
+        out: dict[str, Any] = {"ok": report.ok, "problems": report.problems}
+        if not report.ok:
+            out["summary"] = headline(report.problems)
+        print_json(out)
+    elif report.ok:
+        print("schema OK: generation 14, every migration applied")
+    else:
+        print(headline(report.problems))
+        for problem in report.problems:
+            print(f"  - {problem}")
+    return OK if report.ok else NO
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``migrate`` and ``verify``."""
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the apalis schema (generation 14) and repair drift",
+        description="Create or upgrade the apalis schema to generation 14 and repair drift. "
+        "Safe beside Rust services: it takes the Rust setup's advisory lock.",
+    )
+    add_database_url(p)
+    add_json(p)
+    p.set_defaults(run=_migrate)
+    p = sub.add_parser(
+        "verify",
+        help="check the schema against generation 14 (exit 1 when it differs)",
+        description="Check the apalis schema: the first line says what to do, the rest "
+        "names every missing or different object.",
+    )
+    add_database_url(p)
+    add_json(p)
+    p.set_defaults(run=_verify)

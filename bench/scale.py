@@ -1,0 +1,336 @@
+"""Scale benchmark: the Worker's claim+ack throughput and claim latency as history grows.
+
+Usage: .venv/bin/python bench/scale.py [--sizes 0,1000000,5000000] [--tasks 5000]
+       [--repeat 3] [--workers 100000] [--explain] [--database-url URL]
+
+On one server, in one run: a *history* database whose apalis.jobs grows through the
+``--sizes`` (finished rows of the worker's own queue, written as a worker leaves them:
+inserted Pending, then updated to Done, so each leaves a dead tuple until vacuumed), then
+is purged; and a *control* database that stays empty. At each stage, each round measures
+both (the order alternating by round): ``--tasks`` tasks pushed untimed, then a Worker
+(async no-op handler, concurrency 10) drains them; then ``--latency-samples`` single claims
+of 10 are timed. The ratio history/control of the same round is the paired figure.
+Purge (``admin.vacuum``) and prune (``admin.prune_workers`` of ``--workers`` stale rows)
+report rows/s. ``--explain`` prints EXPLAIN (ANALYZE, BUFFERS) of the claim at each stage.
+Output: a markdown table on stdout and in bench/results/scale.md, a plot in scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from _apalis_sql import SEED_INSERT
+from ulid import ULID
+
+from apalis_codegen.pgfind import scratch_database
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+RESULTS = Path(__file__).resolve().parent / "results"
+QUEUE = "bench::Scale"
+HISTORY_WORKER = "history-worker"
+CHUNK = 250_000
+
+# History as a worker leaves it: pushed Pending, then acked Done (one dead tuple per row
+# until vacuum), lock_by/lock_at kept, done_at spread over the last 30 days.
+HISTORY_INSERT = """
+INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority,
+                         metadata)
+SELECT '\\x7b7d', 'H' || lpad(i::text, 25, '0'), %(queue)s, 'Pending', 0, 5,
+       now() - interval '30 days' + (i %% 2592000) * interval '1 second', 0, '{}'
+  FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
+"""
+HISTORY_ACK = """
+UPDATE apalis.jobs
+   SET status = 'Done', attempts = 1, lock_by = %(worker)s,
+       lock_at = date_trunc('second', run_at), done_at = run_at + interval '1 second',
+       last_result = '{"Ok": null}'
+ WHERE id BETWEEN 'H' || lpad(%(first)s::text, 25, '0') AND 'H' || lpad(%(last)s::text, 25, '0')
+"""
+STALE_WORKERS = """
+INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+SELECT 'stale-' || i, %(queue)s, 'PostgresStorage', now() - interval '1 day'
+  FROM generate_series(1, %(n)s) AS i
+"""
+TABLE_STATS = """
+SELECT n_live_tup, n_dead_tup, pg_total_relation_size('apalis.jobs') AS bytes,
+       coalesce(last_autovacuum, last_vacuum) AS vacuumed
+  FROM pg_stat_user_tables WHERE schemaname = 'apalis' AND relname = 'jobs'
+"""
+
+
+@dataclass
+class Stage:
+    name: str
+    history: int
+    tp_hist: list[float] = field(default_factory=list)
+    tp_ctl: list[float] = field(default_factory=list)
+    lat_hist: list[float] = field(default_factory=list)  # p50 claim ms per round
+    lat_ctl: list[float] = field(default_factory=list)
+    table: dict[str, Any] = field(default_factory=dict)
+
+    def ratios(self) -> list[float]:
+        return [h / c for h, c in zip(self.tp_hist, self.tp_ctl, strict=True)]
+
+    def lat_ratios(self) -> list[float]:
+        return [h / c for h, c in zip(self.lat_hist, self.lat_ctl, strict=True)]
+
+
+async def _noop(args: Any) -> None:
+    return None
+
+
+def push_tasks(url: str, n: int) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            SEED_INSERT,
+            {"queue": QUEUE, "jobs": [b"{}"] * n, "ids": [str(ULID()) for _ in range(n)]},
+        )
+
+
+def throughput(url: str, n: int, concurrency: int) -> float:
+    """Tasks per second a Worker drains ``n`` freshly pushed tasks at (setup not timed)."""
+    from apalis_client import Worker, WorkerConfig
+
+    push_tasks(url, n)
+    cfg = WorkerConfig(poll_interval=0.01, max_poll_interval=0.05, listen=False)
+    worker = Worker(QUEUE, _noop, conninfo=url, concurrency=concurrency, config=cfg)
+    started = time.perf_counter()
+    stats = worker.run(until_idle=True)
+    seconds = time.perf_counter() - started
+    if stats.done < n:  # more: the tasks an EXPLAIN left behind
+        raise RuntimeError(f"worker finished {stats.done} of {n} tasks")
+    return stats.done / seconds
+
+
+def claim_latency(url: str, samples: int) -> float:
+    """Median milliseconds of one claim of 10 (the Worker's statement), over ``samples``."""
+    from apalis_client import worker_ops as ops
+    from apalis_client.worker_logic import Outcome
+
+    push_tasks(url, samples * 10)
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        lease = ops.register_worker(conn, QUEUE, f"latency-{os.getpid()}")
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            got = ops.claim_next(conn, lease, batch=10)
+            times.append((time.perf_counter() - t0) * 1000)
+            ops.ack_many(conn, lease, [(j, Outcome.success(None)) for j in got])
+        ops.deregister_worker(conn, lease)
+    return statistics.median(times)
+
+
+def explain_claim(url: str) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the Worker's claim, rolled back."""
+    from apalis_client import worker_ops as ops
+    from apalis_generated import lock
+
+    push_tasks(url, 10)
+    with psycopg.connect(url, autocommit=True) as conn:
+        lease = ops.register_worker(conn, QUEUE, f"explain-{os.getpid()}")
+        params = {
+            "queue": QUEUE,
+            "batch": 10,
+            "worker_id": lease.worker_id,
+            "lease_token": lease.lease_token,
+        }
+        with conn.transaction(force_rollback=True):
+            cur = psycopg.ClientCursor(conn)
+            cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + lock.CLAIM_NEXT_SQL, params)
+            plan = "\n".join(str(r[0]) for r in cur.fetchall())
+        ops.deregister_worker(conn, lease)
+    return plan
+
+
+def grow_history(url: str, have: int, want: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO apalis.workers (id, worker_type, storage_name) VALUES (%s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (HISTORY_WORKER, QUEUE, "PostgresStorage"),
+        )
+        for first in range(have + 1, want + 1, CHUNK):
+            last = min(first + CHUNK - 1, want)
+            p = {"queue": QUEUE, "first": first, "last": last, "worker": HISTORY_WORKER}
+            conn.execute(HISTORY_INSERT, p)
+            conn.execute(HISTORY_ACK, p)
+            print(f"  history: {last:,} rows", file=sys.stderr, flush=True)
+
+
+def table_stats(url: str) -> dict[str, Any]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute(TABLE_STATS).fetchone()
+    if row is None:
+        return {}
+    return {"live": row[0], "dead": row[1], "mb": row[2] / 1e6, "vacuumed": row[3]}
+
+
+def measure(stage: Stage, hist: str, ctl: str, args: argparse.Namespace) -> None:
+    stage.table = table_stats(hist)
+    for r in range(args.repeat):
+        order = [(hist, True), (ctl, False)] if r % 2 == 0 else [(ctl, False), (hist, True)]
+        for url, is_hist in order:
+            tp = throughput(url, args.tasks, args.concurrency)
+            lat = claim_latency(url, args.latency_samples)
+            (stage.tp_hist if is_hist else stage.tp_ctl).append(tp)
+            (stage.lat_hist if is_hist else stage.lat_ctl).append(lat)
+        print(
+            f"  {stage.name} round {r + 1}: {stage.tp_hist[-1]:,.0f} vs {stage.tp_ctl[-1]:,.0f}"
+            f" tasks/s, claim {stage.lat_hist[-1]:.2f} vs {stage.lat_ctl[-1]:.2f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.explain:
+        print(f"\nEXPLAIN of the claim, {stage.name}:\n{explain_claim(hist)}\n", flush=True)
+
+
+def rng(values: list[float], digits: int = 0) -> str:
+    med = statistics.median(values)
+    return f"{med:,.{digits}f} [{min(values):,.{digits}f}–{max(values):,.{digits}f}]"
+
+
+def report(
+    stages: list[Stage], purge: tuple[int, float], prune: tuple[int, float], args: Any
+) -> str:
+    lines = [
+        f"# bench/scale.py, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"{args.tasks:,} tasks per measurement, {args.repeat} paired rounds, Worker concurrency "
+        f"{args.concurrency}, async no-op handler; claim latency: median of "
+        f"{args.latency_samples} claims of 10. Median [min–max]; ratio = history / empty "
+        "control in the same round.",
+        "",
+        "| stage | rows in apalis.jobs (live / dead) | tasks/s with history | tasks/s empty "
+        "| paired ratio | claim ms with history | claim ms empty | claim ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in stages:
+        t = s.table
+        rows = f"{t.get('live', 0):,} / {t.get('dead', 0):,}" if t else "-"
+        lines.append(
+            f"| {s.name} | {rows} | {rng(s.tp_hist)} | {rng(s.tp_ctl)} | {rng(s.ratios(), 2)} "
+            f"| {rng(s.lat_hist, 2)} | {rng(s.lat_ctl, 2)} | {rng(s.lat_ratios(), 2)} |"
+        )
+    lines += [
+        "",
+        f"Purge (admin.vacuum, batches of 10,000): {purge[0]:,} rows in {purge[1]:.1f} s = "
+        f"{purge[0] / purge[1] if purge[1] else 0:,.0f} rows/s.",
+        f"Prune (admin.prune_workers, batches of 1,000): {prune[0]:,} rows in {prune[1]:.2f} s "
+        f"= {prune[0] / prune[1] if prune[1] else 0:,.0f} rows/s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(stages: list[Stage], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no plot: matplotlib is not installed)", file=sys.stderr)
+        return
+    names = [s.name for s in stages]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, series, title in (
+        (a, [s.ratios() for s in stages], "claim+ack throughput, history / empty"),
+        (b, [s.lat_ratios() for s in stages], "claim latency, history / empty"),
+    ):
+        med = [statistics.median(v) for v in series]
+        lo = [m - min(v) for m, v in zip(med, series, strict=True)]
+        hi = [max(v) - m for m, v in zip(med, series, strict=True)]
+        ax.bar(names, med, yerr=[lo, hi], capsize=4, color="#4a7fb5")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+    a.axhline(0.9, color="red", linewidth=0.8, linestyle="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def databases(url: str) -> Iterator[tuple[str, str]]:
+    from apalis_client import migrate
+
+    pid = os.getpid()
+    with (
+        scratch_database(url, f"bench_scale_{pid}_history") as hist,
+        scratch_database(url, f"bench_scale_{pid}_control") as ctl,
+    ):
+        for db in (hist, ctl):
+            with psycopg.connect(db, autocommit=True) as conn:
+                migrate(conn)
+        yield hist, ctl
+
+
+def label(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M history"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k history"
+    return f"{n} history"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
+    p.add_argument("--sizes", default="0,1000000,5000000", help="finished rows per stage")
+    p.add_argument("--tasks", type=int, default=5000, help="tasks per measurement")
+    p.add_argument("--repeat", type=int, default=3, help="paired rounds per stage")
+    p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--latency-samples", type=int, default=200)
+    p.add_argument("--workers", type=int, default=100_000, help="stale worker rows to prune")
+    p.add_argument("--explain", action="store_true", help="EXPLAIN the claim at each stage")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",")})
+    stages: list[Stage] = []
+    with databases(args.database_url) as (hist, ctl):
+        from apalis_client import admin
+
+        have = 0
+        for size in sizes:
+            grow_history(hist, have, size)
+            have = size
+            with psycopg.connect(hist, autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
+            stage = Stage(label(size), size)
+            measure(stage, hist, ctl, args)
+            stages.append(stage)
+        with psycopg.connect(hist, autocommit=True) as conn:
+            done = admin.vacuum(conn, QUEUE)
+        purge = (done.deleted, done.seconds)
+        after = Stage("after purge", 0)
+        measure(after, hist, ctl, args)
+        stages.append(after)
+        with psycopg.connect(hist, autocommit=True) as conn:
+            conn.execute(STALE_WORKERS, {"queue": QUEUE, "n": args.workers})
+            pruned = admin.prune_workers(conn, QUEUE, stale_for=3600)
+        prune = (pruned.deleted, pruned.seconds)
+    text = report(stages, purge, prune, args)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.md").write_text(text, encoding="utf-8")
+    chart(stages, args.out / "scale.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
