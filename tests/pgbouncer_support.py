@@ -11,6 +11,7 @@ per-test databases are reachable through it.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -123,6 +124,15 @@ server_idle_timeout = 600
     return text, user, str(password) if password else None
 
 
+def _run_as(server_url: str) -> str:
+    # A server reached by a Unix socket (the embedded one) keeps it in a folder only its own
+    # system user may enter; over TCP any unprivileged user will do.
+    host = str(conninfo_to_dict(server_url).get("host") or "")
+    if host.startswith("/") and os.path.isdir(host):
+        return pwd.getpwuid(os.stat(host).st_uid).pw_name
+    return "nobody"
+
+
 @contextmanager
 def start_pgbouncer(server_url: str) -> Iterator[PgBouncer]:
     """Start PgBouncer in transaction mode in front of ``server_url``'s server; stop it after."""
@@ -136,7 +146,7 @@ def start_pgbouncer(server_url: str) -> Iterator[PgBouncer]:
         command = [binary]
         if os.geteuid() == 0:
             # PgBouncer refuses to run as root; it drops to this user and must read its files.
-            command += ["-u", "nobody"]
+            command += ["-u", _run_as(server_url)]
             os.chmod(workdir, 0o755)
             for path in workdir.iterdir():
                 os.chmod(path, 0o644)
