@@ -10,11 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgbouncer_support import pgbouncer, pooled_db  # noqa: F401  (fixtures)
 from psycopg.conninfo import make_conninfo
 
 import apalis_client
 from apalis_codegen.pgfind import NoDatabaseError, find_postgres
-from pgbouncer_support import pgbouncer, pooled_db  # noqa: F401  (fixtures)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -82,7 +82,9 @@ class PgBouncer:
 
     def admin_url(self) -> str:
         """The URL of PgBouncer's admin console (``SHOW POOLS`` and friends)."""
-        return make_conninfo("", host="127.0.0.1", port=self.port, user=self.user, dbname="pgbouncer")
+        return make_conninfo(
+            "", host="127.0.0.1", port=self.port, user=self.user, dbname="pgbouncer"
+        )
 
     def log(self) -> str:
         """What PgBouncer logged so far (for failure messages)."""

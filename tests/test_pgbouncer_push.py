@@ -1,4 +1,4 @@
-"""Pushes of every kind through a real PgBouncer in transaction mode, with prepare_threshold=None."""
+"""Pushes of every kind through a real PgBouncer in transaction mode (prepare_threshold=None)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgbouncer_support import PgBouncer
 
 from apalis_client import (
     IdempotencyConflict,
@@ -19,7 +20,6 @@ from apalis_client import (
     push_with_conn,
     push_with_conn_async,
 )
-from pgbouncer_support import PgBouncer
 
 QUEUE = "bounced"
 CLIENTS = 8
@@ -50,18 +50,14 @@ def _round_sync(url: str, client: int, rnd: int) -> int:
     pushed = 0
     with _connect(url, autocommit=True) as conn:
         push_with_conn(conn, QUEUE, {"tag": tag, "kind": "single"})
-        push_task_with_conn(
-            conn, QUEUE, Task(args={"tag": tag}, idempotency_key=f"{tag}:single")
-        )
+        push_task_with_conn(conn, QUEUE, Task(args={"tag": tag}, idempotency_key=f"{tag}:single"))
         push_many_with_conn(conn, QUEUE, [Task(args={"tag": tag, "i": i}) for i in range(3)])
         push_many_with_conn(
             conn,
             QUEUE,
             [Task(args={"tag": tag}, idempotency_key=f"{tag}:batch{i}") for i in range(3)],
         )
-        push_many_with_conn(
-            conn, QUEUE, [Task(args={"tag": tag}, priority=p) for p in (1, 7)]
-        )
+        push_many_with_conn(conn, QUEUE, [Task(args={"tag": tag}, priority=p) for p in (1, 7)])
         pushed += 1 + 1 + 3 + 3 + 2
     with _connect(url, autocommit=False) as conn:
         push_with_conn(conn, QUEUE, {"tag": tag, "kind": "in-transaction"})
@@ -126,7 +122,7 @@ def test_pushes_of_every_kind_succeed_through_pgbouncer_under_concurrency(
             t.join()
     else:
 
-        async def client(n: int) -> int:
+        async def aclient(n: int) -> int:
             total = 0
             for r in range(ROUNDS):
                 total += await _round_async(pooled_db, n, r)
@@ -134,7 +130,7 @@ def test_pushes_of_every_kind_succeed_through_pgbouncer_under_concurrency(
 
         async def everyone() -> list[int | BaseException]:
             return await asyncio.gather(
-                *(client(n) for n in range(CLIENTS)), return_exceptions=True
+                *(aclient(n) for n in range(CLIENTS)), return_exceptions=True
             )
 
         for result in asyncio.run(everyone()):
