@@ -117,6 +117,7 @@ class Call:
     qualified: bool
     reasons: tuple[str, ...] = field(default=())
     untyped: tuple[int, ...] = field(default=())  # positions given an untyped literal or $n
+    arg_names: tuple[str | None, ...] = field(default=())  # for arguments given as name => x
 
     @property
     def capturable(self) -> bool:
@@ -228,6 +229,7 @@ class _Raw:
     arg_types: tuple[int, ...]
     result: int
     returns_set: bool
+    system: bool = False
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -269,8 +271,25 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _system_unnest(tree: Any) -> set[int]:
+    """Locations of ``unnest(a, b, ...)`` in FROM, which the parser expands to calls of
+    ``pg_catalog.unnest`` itself (one per array, all at the call's location)."""
+    out: set[int] = set()
+    for node in _walk(tree):
+        if node["_type"] != "RANGETBLENTRY":
+            continue
+        locations = [
+            _int(f.get("funcexpr", {}).get("location"), -1)
+            for f in _list(node.get("functions"))
+            if isinstance(f, dict) and isinstance(f.get("funcexpr"), dict)
+        ]
+        out |= {loc for loc in locations if loc >= 0 and locations.count(loc) > 1}
+    return out
+
+
 def _raw_calls(tree: Any) -> list[_Raw]:
     out = []
+    expanded = _system_unnest(tree)
     for node in _walk(tree):
         kind = node["_type"]
         if kind == "FUNCEXPR" and str(node.get("funcformat")) == _EXPLICIT_CALL:
@@ -284,6 +303,8 @@ def _raw_calls(tree: Any) -> list[_Raw]:
                     tuple(_expr_type(_before_implicit_cast(a)) for a in args),
                     _int(node.get("funcresulttype")),
                     str(node.get("funcretset")) == "true",
+                    # Resolved by the parser as pg_catalog.unnest, not by name.
+                    system=_int(node.get("location"), -1) in expanded,
                 )
             )
         elif kind == "AGGREF":
@@ -490,7 +511,7 @@ def calls(
         if key in seen:
             continue
         seen.add(key)
-        qualified = _qualified(numbered, raw.kind, raw.location)
+        qualified = raw.system or _qualified(numbered, raw.kind, raw.location)
         reasons = (
             () if qualified else tuple(_reasons(raw, numbered, schema, declared, variadic, pseudo))
         )
@@ -515,6 +536,9 @@ def calls(
                 qualified=qualified,
                 reasons=reasons,
                 untyped=tuple(untyped_positions(numbered, raw.args)),
+                arg_names=tuple(
+                    str(a["name"]) if a.get("_type") == "NAMEDARGEXPR" else None for a in raw.args
+                ),
             )
         )
     return sorted(out, key=lambda c: (c.file, c.line, c.name))
