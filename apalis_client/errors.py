@@ -167,6 +167,14 @@ _SCHEMA_MISSING = (
 )
 
 
+def _ownership(what: str) -> str:
+    # PostgreSQL 17 added MAINTAIN, which allows REFRESH MATERIALIZED VIEW without owning it;
+    # older servers say "must be owner of", newer ones "permission denied for".
+    if what.startswith(("materialized view ", "table ")):
+        return f"ownership of {what} (or MAINTAIN on it, PostgreSQL 17+)"
+    return f"ownership of {what}"
+
+
 def missing_privilege(operation: str, message: str) -> str | None:
     """The privilege a 42501 message names, as ``PRIVILEGE on object``, when it can be told.
 
@@ -176,7 +184,7 @@ def missing_privilege(operation: str, message: str) -> str | None:
     """
     owner = _NOT_OWNER.search(message)
     if owner:
-        return f"ownership of {owner['what']}"
+        return _ownership(owner["what"])
     m = _DENIED.search(message)
     if not m:
         return None
@@ -189,7 +197,7 @@ def missing_privilege(operation: str, message: str) -> str | None:
         return f"USAGE on sequence {name}"
     verb = _OPERATION_PRIVILEGE.get(operation, "SELECT")
     if verb == "ownership":
-        return f"ownership of {kind} {name} (or MAINTAIN on it, PostgreSQL 17+)"
+        return _ownership(f"{kind} {name}")
     return f"{verb} on {kind} {name}"
 
 

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +41,15 @@ class PgBouncerUnavailable(RuntimeError):
     """PgBouncer is not installed or did not come up; the message says how to fix it."""
 
 
-def pgbouncer_binary() -> str:
+def pgbouncer_binary(candidates: Sequence[str | None] | None = None) -> str:
     """The pgbouncer executable: APALIS_TEST_PGBOUNCER, PATH, or Debian's /usr/sbin."""
-    for candidate in (
-        os.environ.get("APALIS_TEST_PGBOUNCER"),
-        shutil.which("pgbouncer"),
-        "/usr/sbin/pgbouncer",
-    ):
+    if candidates is None:
+        candidates = (
+            os.environ.get("APALIS_TEST_PGBOUNCER"),
+            shutil.which("pgbouncer"),
+            "/usr/sbin/pgbouncer",
+        )
+    for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise PgBouncerUnavailable(HOW_TO_INSTALL)

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pgbouncer_support import PgBouncer
+from pgbouncer_support import PgBouncer, PgBouncerUnavailable, pgbouncer_binary, start_pgbouncer
 
 from apalis_client import (
     IdempotencyConflict,
@@ -170,3 +170,20 @@ def test_keyed_conflict_through_pgbouncer_leaves_the_transaction_usable(
     else:
         asyncio.run(run_async())
     assert _count(migrated_db) == 2
+
+
+def test_a_missing_pgbouncer_fails_with_how_to_install_it() -> None:
+    with pytest.raises(PgBouncerUnavailable) as info:
+        pgbouncer_binary(["/nonexistent/pgbouncer", None])
+    assert "apt-get update && apt-get install -y pgbouncer" in str(info.value)
+
+
+def test_a_pgbouncer_that_does_not_come_up_fails_with_its_log_and_how_to_install_it(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real process that exits at once, as a broken or wrong binary would.
+    monkeypatch.setenv("APALIS_TEST_PGBOUNCER", "/bin/false")
+    with pytest.raises(PgBouncerUnavailable) as info, start_pgbouncer(server_url):
+        pass
+    assert str(info.value).startswith("pgbouncer exited with status 1")
+    assert "apt-get install -y pgbouncer" in str(info.value)

@@ -295,3 +295,55 @@ def test_migrator_without_its_grant_cannot_migrate(
     empty_name = str(conninfo_to_dict(empty_db)["dbname"])
     assert error.privilege == f"CREATE on database {empty_name}"
     assert f"missing privilege: CREATE on database {empty_name}" in str(error)
+
+
+# ---- the statements themselves ---------------------------------------------------------------
+
+
+def test_grants_quote_role_names_the_server_accepts(
+    roles: Roles, server_url: str, migrated_db: str
+) -> None:
+    odd = 'apalis "odd" role ' + roles.suffix
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(odd)))
+    roles.created.append(odd)
+    _apply(migrated_db, grant_statements(producer=odd, worker=odd, operator=odd))
+    with psycopg.connect(migrated_db) as conn:
+        row = conn.execute(
+            "SELECT has_table_privilege(%s, 'apalis.jobs', 'INSERT'),"
+            " has_column_privilege(%s, 'apalis.jobs', 'job', 'SELECT')",
+            (odd, odd),
+        ).fetchone()
+    assert row == (True, True)  # producer INSERT; the worker's SELECT covers every column
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "name at least one role: producer, worker, operator or migrator"),
+        ({"producer": ""}, "role name must not be empty"),
+        (
+            {"producer": "a" * 64},
+            f"role name {'a' * 64!r} is 64 bytes; PostgreSQL names are at most 63 bytes",
+        ),
+        ({"worker": "bad\x00"}, "role name 'bad\\x00' contains a NUL character"),
+        ({"migrator": "m"}, "the migrator's grant names the database: pass database="),
+    ],
+)
+def test_grants_refuse_bad_names(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(apalis_client.InvalidArgument) as info:
+        grant_statements(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+def test_producer_grant_reads_no_payload(roles: Roles, migrated_db: str) -> None:
+    producer = roles.create("producer")
+    _apply(migrated_db, grant_statements(producer=producer))
+    with psycopg.connect(migrated_db) as conn:
+        row = conn.execute(
+            "SELECT has_column_privilege(%s, 'apalis.jobs', 'job', 'SELECT'),"
+            " has_column_privilege(%s, 'apalis.jobs', 'idempotency_key', 'SELECT'),"
+            " has_table_privilege(%s, 'apalis.jobs', 'UPDATE')",
+            (producer, producer, producer),
+        ).fetchone()
+    assert row == (False, True, False)
