@@ -14,6 +14,7 @@ for name in generated codegen schema queries tests; do
   if [ -e "$site/$name" ]; then echo "wheel check: generic top-level '$name' in site-packages" >&2; exit 1; fi
 done
 test -f "$site/apalis_client/schema/0001_base.sql" || { echo "wheel check: schema SQL not shipped" >&2; exit 1; }
+test -f "$site/apalis_client/grant_templates/producer.sql" || { echo "wheel check: grant templates not shipped" >&2; exit 1; }
 test -f "$site/apalis_generated/models.py" || { echo "wheel check: generated query layer not shipped" >&2; exit 1; }
 test -f "$site/apalis_codegen/templates/queries.py.j2" || { echo "wheel check: codegen templates not shipped" >&2; exit 1; }
 db="apalis_wheel_check_$$"

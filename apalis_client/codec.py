@@ -10,6 +10,13 @@ import pydantic_core
 from pydantic import BaseModel
 
 from apalis_client.errors import InvalidArgument
+from apalis_client.limits import (
+    MAX_JSON_INT,
+    MAX_PAYLOAD_DEPTH,
+    MIN_JSON_INT,
+    check_json_int,
+    too_deep,
+)
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
@@ -40,29 +47,49 @@ _BYTES = (bytes, bytearray, memoryview)
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
-def _holds_bytes(value: Any) -> bool:
-    """Whether bytes sit anywhere inside ``value`` (dicts, lists, tuples, models, dataclasses)."""
+def _inspect(value: Any) -> bool:
+    """Whether bytes sit anywhere inside ``value`` (dicts, lists, tuples, models, dataclasses).
+
+    On the way it refuses what a Rust serde_json decoder would: arrays/objects nested past its
+    recursion limit and integers outside i64/u64, so the push fails before any SQL.
+    """
     # Dispatch on the exact type first: payloads are mostly flat dicts of scalars, and this
     # walk runs for every task of a batch.
-    stack = [value]
+    found = False
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         kind = type(item)
+        if kind is int:
+            if not MIN_JSON_INT <= item <= MAX_JSON_INT:
+                check_json_int(item)
+            continue
         if kind in _LEAVES:
             continue
+        children: Any
         if kind is dict:
-            stack.extend(item.values())
+            children = item.values()
         elif kind is list or kind is tuple:
-            stack.extend(item)
+            children = item
         elif isinstance(item, _BYTES):
-            return True
+            found = True  # written as an array of numbers: one level more
+            children = ()
         elif isinstance(item, BaseModel):
-            stack.extend(item.__dict__.values())
+            children = item.__dict__.values()
         elif isinstance(item, (dict, list, tuple)):
-            stack.extend(item.values() if isinstance(item, dict) else item)
+            children = item.values() if isinstance(item, dict) else item
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
-    return False
+            children = [getattr(item, f.name) for f in dataclasses.fields(item)]
+        elif isinstance(item, int) and not isinstance(item, bool):
+            check_json_int(item)  # an IntEnum or other int subclass, written as the number
+            continue
+        else:
+            continue
+        depth += 1
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise too_deep(depth)
+        stack.extend((child, depth) for child in children)
+    return found
 
 
 def _bytes_as_arrays(value: Any) -> Any:
@@ -88,9 +115,10 @@ def to_json(value: Any) -> bytes:
     keys keep their order (insertion order; declaration order for models and dataclasses),
     which is what serde does for structs. Bytes inside the value become arrays of numbers,
     serde's form of ``Vec<u8>`` (pydantic alone would write them as a string). NaN and
-    infinities are rejected.
+    infinities are rejected, and so is what serde_json would refuse to read back: nesting
+    of 128 arrays/objects or more, integers outside i64/u64.
     """
-    if _holds_bytes(value):
+    if _inspect(value):
         value = _bytes_as_arrays(value)
     try:
         out = pydantic_core.to_json(value, by_alias=True, inf_nan_mode="constants")

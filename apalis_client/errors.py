@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -27,7 +27,36 @@ class DatabaseError(ApalisError):
 
 
 class ConnectionFailed(DatabaseError):
-    """The server could not be reached or refused the credentials."""
+    """The server could not be reached, refused the credentials, or the connection was lost.
+
+    ``outcome_unknown`` is true when the connection went away while a commit may have been
+    under way (an autocommit statement or a COMMIT in flight): the server may have committed
+    it without the reply ever arriving.
+    """
+
+    def __init__(self, operation: str, message: str, *, outcome_unknown: bool = False) -> None:
+        if outcome_unknown:
+            message = (
+                f"{message}; the connection was lost before the server answered, so the "
+                "outcome is unknown: the write may or may not have been committed. Tasks "
+                "pushed with idempotency keys can be pushed again safely: a key that was "
+                "committed raises IdempotencyConflict instead of queueing it twice"
+            )
+        super().__init__(operation, message)
+        self.outcome_unknown = outcome_unknown
+
+
+class PermissionDenied(DatabaseError):
+    """The database role lacks a privilege the operation needs (SQLSTATE 42501)."""
+
+    def __init__(self, operation: str, message: str, privilege: str | None = None) -> None:
+        hint = f" (missing privilege: {privilege})" if privilege else ""
+        super().__init__(
+            operation,
+            f"{message}{hint}; grant it to the role, see `apalis-client grants` and "
+            "docs/security.md",
+        )
+        self.privilege = privilege
 
 
 class SchemaError(ApalisError):
@@ -155,6 +184,12 @@ class WaitTimeout(ApalisError, TimeoutError):
         self.pending = list(pending)
 
 
+# SQLSTATEs that mean the session is gone: admin_shutdown (pg_terminate_backend, smart or fast
+# shutdown), crash_shutdown, cannot_connect_now (starting up or shutting down).
+_SESSION_GONE = ("57P01", "57P02", "57P03")
+# "permission denied for table jobs", "... for sequence ...", "... for schema apalis", ...
+_DENIED = re.compile(r"permission denied for (?P<kind>\w+(?: \w+)?) (?P<name>\S+)")
+_NOT_OWNER = re.compile(r"must be owner of (?P<what>.+)$")
 _KEY_DETAIL = re.compile(r"^Key \(job_type, idempotency_key\)=\((?P<queue>.*), (?P<key>.*)\)")
 _ID_DETAIL = re.compile(r"^Key \(id\)=\((?P<id>.*)\) already exists")
 _SCHEMA_MISSING = (
@@ -165,8 +200,80 @@ _SCHEMA_MISSING = (
 )
 
 
-def translate_error(operation: str, exc: psycopg.Error) -> ApalisError:
-    """Map a psycopg error to this hierarchy by SQLSTATE and constraint name."""
+def _ownership(what: str) -> str:
+    # PostgreSQL 17 added MAINTAIN, which allows REFRESH MATERIALIZED VIEW without owning it;
+    # older servers say "must be owner of", newer ones "permission denied for".
+    if what.startswith(("materialized view ", "table ")):
+        return f"ownership of {what} (or MAINTAIN on it, PostgreSQL 17+)"
+    return f"ownership of {what}"
+
+
+def missing_privilege(operation: str, message: str) -> str | None:
+    """The privilege a 42501 message names, as ``PRIVILEGE on object``, when it can be told.
+
+    PostgreSQL says which object but not which privilege; the operation decides it: reading
+    needs SELECT, a push INSERT, a retry or kill UPDATE, calling a function EXECUTE, and any
+    use of the schema USAGE.
+    """
+    owner = _NOT_OWNER.search(message)
+    if owner:
+        return _ownership(owner["what"])
+    m = _DENIED.search(message)
+    if not m:
+        return None
+    kind, name = m["kind"], m["name"]
+    if kind == "schema":
+        return f"USAGE on schema {name}"
+    if kind in ("function", "procedure"):
+        return f"EXECUTE on {kind} {name}"
+    if kind == "sequence":
+        return f"USAGE on sequence {name}"
+    verb = _OPERATION_PRIVILEGE.get(operation, "SELECT")
+    if verb == "ownership":
+        return _ownership(f"{kind} {name}")
+    return f"{verb} on {kind} {name}"
+
+
+# The privilege an operation needs on the table a 42501 names (see docs/security.md).
+_OPERATION_PRIVILEGE = {
+    "push": "INSERT",
+    "register worker": "INSERT",
+    "retry task": "UPDATE",
+    "kill task": "UPDATE",
+    "claim tasks": "UPDATE",
+    "claim tasks by id": "UPDATE",
+    "lock task": "UPDATE",
+    "acknowledge task": "UPDATE",
+    "acknowledge tasks": "UPDATE",
+    "acknowledge tasks and claim more": "UPDATE",
+    "heartbeat": "UPDATE",
+    "re-enqueue orphans": "UPDATE",
+    "deregister worker": "UPDATE",
+    "migrate": "CREATE",
+    "refresh queue stats": "ownership",
+}
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection to the server is gone (or never came up)."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    sqlstate = exc.sqlstate or ""
+    if sqlstate in _SESSION_GONE or sqlstate.startswith("08"):
+        return True
+    # libpq-side failures carry no SQLSTATE: "server closed the connection unexpectedly",
+    # "consuming input failed", "the connection is closed", "connection failed: ...".
+    return isinstance(exc, psycopg.OperationalError) and not sqlstate
+
+
+def translate_error(
+    operation: str, exc: psycopg.Error, *, may_have_committed: bool = False
+) -> ApalisError:
+    """Map a psycopg error to this hierarchy by SQLSTATE and constraint name.
+
+    ``may_have_committed``: the statement was an autocommit write or a COMMIT, so a lost
+    connection leaves the outcome unknown, and the message says so.
+    """
     diag = exc.diag
     message = diag.message_primary or str(exc).strip() or type(exc).__name__
     if isinstance(exc, pg_errors.UniqueViolation):
@@ -181,9 +288,11 @@ def translate_error(operation: str, exc: psycopg.Error) -> ApalisError:
     if isinstance(exc, _SCHEMA_MISSING):
         return SchemaMissing(operation, message)
     sqlstate = exc.sqlstate or ""
-    if sqlstate.startswith(("08", "28")) or (
-        isinstance(exc, psycopg.OperationalError) and not sqlstate
-    ):
+    if sqlstate == "42501":
+        return PermissionDenied(operation, message, missing_privilege(operation, message))
+    if connection_lost(exc):
+        return ConnectionFailed(operation, message, outcome_unknown=may_have_committed)
+    if sqlstate.startswith("28"):
         return ConnectionFailed(operation, message)
     if diag.constraint_name:
         message = f"{message} (constraint {diag.constraint_name})"
@@ -191,9 +300,36 @@ def translate_error(operation: str, exc: psycopg.Error) -> ApalisError:
 
 
 @contextmanager
-def database_errors(operation: str) -> Iterator[None]:
+def database_errors(operation: str, *, may_have_committed: bool = False) -> Iterator[None]:
     """Translate any psycopg error raised inside the block, chaining the original."""
     try:
         yield
     except psycopg.Error as exc:
-        raise translate_error(operation, exc) from exc
+        raise translate_error(operation, exc, may_have_committed=may_have_committed) from exc
+
+
+@contextmanager
+def cleanup_after(primary: BaseException, what: str) -> Iterator[None]:
+    """Run a cleanup step (a rollback, a close) that must never hide ``primary``.
+
+    Use it in an ``except`` block, sync or async alike::
+
+        except psycopg.Error as exc:
+            with cleanup_after(exc, "rollback"):
+                await conn.rollback()
+            raise translate_error("push", exc) from exc
+
+    An error of the cleanup is swallowed and recorded on ``primary`` (as a note on Python
+    3.11+, and in ``primary.cleanup_errors``), so the caller sees the error that mattered.
+    """
+    try:
+        yield
+    except Exception as cleanup_exc:
+        errors: list[BaseException] = list(getattr(primary, "cleanup_errors", []))
+        errors.append(cleanup_exc)
+        # An exception type with __slots__ cannot take the attribute; the note still carries it.
+        with suppress(AttributeError):
+            primary.cleanup_errors = errors  # type: ignore[attr-defined]
+        add_note = getattr(primary, "add_note", None)
+        if add_note is not None:
+            add_note(f"{what} afterwards also failed: {type(cleanup_exc).__name__}: {cleanup_exc}")

@@ -19,6 +19,13 @@ MIN_RUN_AT: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_RUN_AT: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 MIN_RUN_AT_SECONDS: Final = 0
 MAX_RUN_AT_SECONDS: Final = int(MAX_RUN_AT.timestamp())
+# serde_json's default recursion limit is 128: a document whose arrays/objects nest 128 deep
+# is refused ("recursion limit exceeded"), 127 is read. A Rust worker decodes payloads with it.
+SERDE_RECURSION_LIMIT: Final = 128
+MAX_PAYLOAD_DEPTH: Final = SERDE_RECURSION_LIMIT - 1
+# serde_json reads integers as i64 or u64; anything outside both cannot be a Rust integer.
+MIN_JSON_INT: Final = -(2**63)
+MAX_JSON_INT: Final = 2**64 - 1
 
 
 def _show(value: str, limit: int = 60) -> str:
@@ -89,7 +96,7 @@ def check_metadata_json(text: str) -> str:
         )
     if "\\u0000" in text:
         raise InvalidArgument("metadata contains a NUL character, which jsonb cannot store")
-    return text
+    return check_json_depth(text, "metadata")
 
 
 def _int(what: str, value: object) -> int:
@@ -127,7 +134,14 @@ def check_run_at(run_at: object) -> datetime:
                 f"run_at {run_at.isoformat()} is a naive datetime; pass an aware one "
                 "(e.g. datetime.now(timezone.utc)) or unix seconds"
             )
-        when = run_at.astimezone(timezone.utc)
+        try:
+            when = run_at.astimezone(timezone.utc)
+        except OverflowError:
+            # Within a day of year 1 or 9999, the UTC instant is outside what datetime holds.
+            raise InvalidArgument(
+                f"run_at {run_at.isoformat()} is out of range: it must be between "
+                f"{MIN_RUN_AT.isoformat()} and {MAX_RUN_AT.isoformat()}"
+            ) from None
         if not MIN_RUN_AT <= when <= MAX_RUN_AT:
             raise InvalidArgument(
                 f"run_at {when.isoformat()} is out of range: it must be between "
@@ -144,3 +158,49 @@ def check_run_at(run_at: object) -> datetime:
     raise InvalidArgument(
         f"run_at must be an aware datetime or unix seconds, got {type(run_at).__name__}"
     )
+
+
+def too_deep(depth: int) -> InvalidArgument:
+    """The error for a payload whose arrays/objects nest ``depth`` levels deep."""
+    return InvalidArgument(
+        f"payload nests arrays/objects {depth} levels deep; the limit is {MAX_PAYLOAD_DEPTH} "
+        f"(a Rust serde_json decoder refuses {SERDE_RECURSION_LIMIT} or more: its recursion limit)"
+    )
+
+
+def check_json_int(value: int) -> int:
+    """Return ``value`` if a Rust serde_json decoder can read it: within i64 or u64."""
+    if not MIN_JSON_INT <= value <= MAX_JSON_INT:
+        raise InvalidArgument(
+            f"JSON integer {value} is out of range: serde_json reads integers between "
+            f"{MIN_JSON_INT} (i64::MIN) and {MAX_JSON_INT} (u64::MAX)"
+        )
+    return value
+
+
+def check_json_depth(text: str, what: str = "metadata") -> str:
+    """Return serialized JSON ``text`` if its arrays/objects nest less than serde_json's limit."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_PAYLOAD_DEPTH:
+        raise InvalidArgument(
+            f"{what} nests arrays/objects {deepest} levels deep; the limit is "
+            f"{MAX_PAYLOAD_DEPTH} (a Rust serde_json decoder refuses {SERDE_RECURSION_LIMIT} "
+            "or more: its recursion limit)"
+        )
+    return text

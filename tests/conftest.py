@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgbouncer_support import pgbouncer, pooled_db  # noqa: F401  (fixtures)
+from proxy_support import cutting_proxy  # noqa: F401  (fixture)
 from psycopg.conninfo import make_conninfo
 
 import apalis_client

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from apalis_codegen import trust
 from apalis_codegen.parse import QueryFileError, Statement
 
 
@@ -134,6 +135,7 @@ def describe(
         if desc.status != pq.ExecStatus.COMMAND_OK:
             raise QueryFileError(_located_error(st, numbered, desc, display))
         params = tuple(desc.param_type(i) for i in range(desc.nparams))
+        trust.vet(conn, st, display)  # capturable unqualified calls: refused or reported
         columns = []
         for i in range(desc.nfields):
             name = (desc.fname(i) or b"?").decode()
