@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "basic"
 
 
-def _options(case: Path, out: Path, url: str, *extra: str) -> list[str]:
+def _options(
+    case: Path, out: Path, url: str, *extra: str, package: str = "golden_basic"
+) -> list[str]:
     return [
         "--queries",
         str(case / "queries"),
@@ -37,7 +39,7 @@ def _options(case: Path, out: Path, url: str, *extra: str) -> list[str]:
         "--out",
         str(out),
         "--package",
-        "golden_basic",
+        package,
         "--database-url",
         url,
         *extra,
@@ -69,19 +71,26 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 # ---- golden output -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("case_name", ["basic", "constructs"])
 def test_golden_output_matches_expected_files(
-    server_url: str, tmp_path: Path, in_repo: None, capsys: pytest.CaptureFixture[str]
+    case_name: str,
+    server_url: str,
+    tmp_path: Path,
+    in_repo: None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    case = GOLDEN.relative_to(REPO)
+    golden = GOLDEN.parent / case_name
+    package = f"golden_{case_name}"
+    case = golden.relative_to(REPO)
     out = tmp_path / "out"
-    code, _, err = _run(_options(case, out, server_url), capsys)
+    code, _, err = _run(_options(case, out, server_url, package=package), capsys)
     assert code == 0, err
-    expected_dir = GOLDEN / "expected" / "golden_basic"
-    produced = {p.name: p.read_text() for p in (out / "golden_basic").glob("*.py")}
+    expected_dir = golden / "expected" / package
+    produced = {p.name: p.read_text() for p in (out / package).glob("*.py")}
     expected = {p.name: p.read_text() for p in expected_dir.glob("*.py")}
     if os.environ.get("APALIS_UPDATE_GOLDEN"):
-        shutil.rmtree(expected_dir)
-        shutil.copytree(out / "golden_basic", expected_dir)
+        shutil.rmtree(expected_dir, ignore_errors=True)
+        shutil.copytree(out / package, expected_dir)
         expected = produced
     assert sorted(produced) == sorted(expected)
     for name in sorted(expected):

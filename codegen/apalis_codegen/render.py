@@ -83,6 +83,7 @@ class Param:
     annotation: str
     value: str  # the expression passed to psycopg
     sql_name: str = ""
+    imports: tuple[str, ...] = ()
 
 
 @dataclass
@@ -311,6 +312,58 @@ class _Builder:
             f"{table.name}.{column}", ""
         )
 
+    def embed_model(self, d: Described, where: str) -> tuple[Model, list[tuple[str, str]]]:
+        """The row of a statement using ``sqlc.embed``: each embed is one nested table model."""
+        st = d.statement
+        cols = d.columns
+        layout: list[tuple[str, str]] = []  # (field, table model or "")
+        fields: list[Field] = []
+        seen = Names("field")
+        i = 0
+        embeds = list(st.embeds)
+        while i < len(cols):
+            run = self._table_run(cols, i) if embeds else None
+            if run is not None:
+                target = embeds.pop(0)
+                model = self.table_models.get(run.oid)
+                if model is None:
+                    raise QueryFileError(
+                        f"{where}: query {st.name!r}: {self.table_errors.get(run.oid, '')}"
+                    )
+                f = Field(field_name(target.split(".")[-1]), model)
+                i += len(run.columns)
+                layout.append((f.name, model))
+            else:
+                c = cols[i]
+                what = f"{where}: query {st.name!r}, column {c.name!r}"
+                py = self.pytype(c.type_oid, what, st.type_overrides.get(c.name, ""))
+                nullable = (not c.not_null or c.name in st.nullable_columns) and (
+                    c.name not in st.not_null_columns
+                )
+                f = self.field_for(c.name, py, nullable, what)
+                i += 1
+                layout.append((f.name, ""))
+            try:
+                seen.claim(f.name, "an embedded table" if layout[-1][1] else f"column {f.name!r}")
+            except NameError_ as exc:
+                raise QueryFileError(f"{where}: query {st.name!r}: {exc}") from exc
+            fields.append(f)
+        if embeds:
+            raise QueryFileError(
+                f"{where}: query {st.name!r}: sqlc.embed({embeds[0]}) matched no run of a "
+                "table's columns in the result"
+            )
+        name = self._class(f"{camel(st.name)}Row", f"the row of query {st.name!r}", where)
+        return Model(name, f"A row of ``{st.name}``.", fields), layout
+
+    def _table_run(self, cols: Sequence[Column], i: int) -> Table | None:
+        table = self.catalog.tables.get(cols[i].table_oid)
+        if table is None or cols[i].attnum != table.columns[0].attnum:
+            return None
+        want = [(c.table_oid, c.attnum) for c in table.columns]
+        got = [(c.table_oid, c.attnum) for c in cols[i : i + len(want)]]
+        return table if got == want else None
+
     def column_model(self, d: Described, where: str) -> tuple[str, Model | None]:
         st = d.statement
         names = [c.name for c in d.columns]
@@ -377,12 +430,13 @@ def _param_value(py: PyType, ref: str, wrappers: set[str]) -> str:
         return f"hstore_text({ref})"
     if py.wrapper:
         wrappers.add(py.wrapper)
-        inner = "v.model_dump(mode='json')" if py.model else "v"
+        inner = 'v.model_dump(mode="json")' if py.model else "v"
         if py.is_array:
             each = f"None if v is None else {py.wrapper}({inner})"
             return f"None if {ref} is None else [{each} for v in {ref}]"
         if py.model:
-            return f"None if {ref} is None else {py.wrapper}({ref}.model_dump(mode='json'))"
+            dumped = f'{py.wrapper}({ref}.model_dump(mode="json"))'
+            return f"None if {ref} is None else {dumped}"
         return f"None if {ref} is None else {py.wrapper}({ref})"
     return ref
 
@@ -462,11 +516,12 @@ def build(
             annotation = py.annotation(
                 nullable=nullable, nullable_elements=sql_name in st.nullable_elements
             )
-            module.imports.update(py.imports)
-            if py.enum:
-                module.models.add(py.enum)
+            if not batch:  # a batch's parameter types are in its params class
+                module.imports.update(py.imports)
+                if py.enum:
+                    module.models.add(py.enum)
             value = _param_value(py, ref.format(name), module.wrappers)
-            params.append(Param(name, annotation, value, sql_name))
+            params.append(Param(name, annotation, value, sql_name, py.imports))
         rename = {p.sql_name: p.name for p in params}
 
         params_class = ""
@@ -482,7 +537,7 @@ def build(
                 Model(
                     params_class,
                     f"One set of parameters of ``{st.name}``.",
-                    [Field(p.name, p.annotation, ()) for p in params],
+                    [Field(p.name, p.annotation, p.imports) for p in params],
                     kind="params",
                 )
             )
@@ -495,11 +550,19 @@ def build(
                     f"{where}: query {st.name!r} is :{st.command} but returns no columns; "
                     "use :exec or :execrows"
                 )
-            model_name, model = b.column_model(d, where)
-            if model is not None:
-                row_models.append(model)
+            if st.embeds:
+                embedded, layout = b.embed_model(d, where)
+                model_name = embedded.name
+                row_models.append(embedded)
+                module.models.update(m for _, m in layout if m)
+                parts = ", ".join(f'("{f}", {m or "None"})' for f, m in layout)
+                module.factories[rows_const(model_name)] = f"embed_rows({model_name}, [{parts}])"
+            else:
+                model_name, model = b.column_model(d, where)
+                if model is not None:
+                    row_models.append(model)
+                module.factories[rows_const(model_name)] = f"model_rows({model_name})"
             module.models.add(model_name)
-            module.factories[rows_const(model_name)] = f"model_rows({model_name})"
         returns = {
             "one": f"{model_name} | None",
             "many": f"list[{model_name}]",
@@ -660,8 +723,8 @@ def render(
         imports = set(module.imports)
         imports.add("from typing import Any, Final")
         runtime = set(module.wrappers)
-        if module.factories:
-            runtime.add("model_rows")
+        for expr in module.factories.values():
+            runtime.add(expr.partition("(")[0])
         for f in module.functions:
             if f.params_class:
                 imports.add("from collections.abc import Iterable")
