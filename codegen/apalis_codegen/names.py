@@ -104,13 +104,11 @@ def identifier(sql_name: str, *, reserved: frozenset[str] = frozenset()) -> str:
 
 
 def field_name(sql_name: str) -> str:
-    """A model field name: an identifier that pydantic accepts (no leading ``_``, no
-    ``model_`` prefix, no BaseModel attribute)."""
+    """A model field name: an identifier pydantic accepts (no leading ``_``, not a BaseModel
+    attribute; ``model_*`` names get a trailing ``_`` as the attributes live there)."""
     text = identifier(sql_name)
-    if text.startswith("model_") or text.rstrip("_") in PYDANTIC_RESERVED:
-        text = text + "_" if not text.endswith("_") else text
-        if text.rstrip("_") in PYDANTIC_RESERVED or text.startswith("model_"):
-            text = f"col_{text}"
+    if text.startswith("model_") or text in PYDANTIC_RESERVED:
+        text += "_"
     return text
 
 

@@ -53,7 +53,7 @@ _BEFORE = re.compile(
     rf"(?P<col>{_IDENT})(?:\s*\.\s*(?P<col2>{_IDENT}))?\s*{_COMPARE}\s*\(?\s*$", re.IGNORECASE
 )
 _AFTER = re.compile(
-    rf"^\s*\)?(?:\s*::\s*[\w.]+(?:\s*\[\])?)?\s*{_COMPARE}\s*(?:{_IDENT}\s*\.\s*)?"
+    rf"\s*\)?(?:\s*::\s*[\w.]+(?:\s*\[\])?)?\s*{_COMPARE}\s*(?:{_IDENT}\s*\.\s*)?"
     rf"(?P<col>{_IDENT})(?!\s*[.(])",
     re.IGNORECASE,
 )

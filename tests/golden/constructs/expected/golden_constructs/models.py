@@ -109,14 +109,14 @@ class XVenue(Row):
 
     __columns__: ClassVar[dict[str, str]] = {
         "from": "from_",
-        "model_config": "col_model_config_",
-        "json": "col_json_",
+        "model_config": "model_config_",
+        "json": "json_",
     }
 
     id: int
     from_: str
-    col_model_config_: str | None
-    col_json_: str | None
+    model_config_: str | None
+    json_: str | None
     rows: int | None
     Name: str | None
     name: str | None

@@ -39,7 +39,7 @@ SELECT a.id FROM authors AS a JOIN books AS b ON b.author_id = a.id
 """
 
 AUTHORS_AFTER_SQL: Final = """
-SELECT id FROM authors WHERE %(dollar_1)s < id ORDER BY id
+SELECT id FROM authors WHERE %(id)s < id ORDER BY id
 """
 
 _AUTHORS_AFTER_ROWS: Final = model_rows(AuthorsAfterRow)
@@ -143,11 +143,11 @@ async def author_or_book(
 async def authors_after(
     conn: psycopg.AsyncConnection[Any],
     *,
-    dollar_1: int,
+    id: int,
 ) -> list[AuthorsAfterRow]:
     """Run the ``AuthorsAfter`` query."""
     params: dict[str, Any] = {
-        "dollar_1": dollar_1,
+        "id": id,
     }
     cur = conn.cursor(row_factory=_AUTHORS_AFTER_ROWS)
     await cur.execute(AUTHORS_AFTER_SQL, params)
