@@ -386,11 +386,8 @@ class _Builder:
         ]
         if not (overrides or set(st.type_overrides) & set(names)):
             table = self._same_as_table(d.columns, nullable)
-            if table is not None:
-                if table.oid not in self.table_models:
-                    raise QueryFileError(
-                        f"{where}: query {st.name!r}: {self.table_errors[table.oid]}"
-                    )
+            # A table whose model could not be built: the columns report their own error.
+            if table is not None and table.oid in self.table_models:
                 return self.table_models[table.oid], None
         fields = []
         seen = Names("field")
@@ -491,13 +488,14 @@ def build(
         where = f"{display.get(st.file, str(st.file))}:{st.line}"
         module = modules.setdefault(st.file, QueryModule(stems[st.file], display[st.file]))
         names = module_names.setdefault(st.file, Names("function name"))
+        header = f"{display.get(st.file, str(st.file))}:{st.header_line or st.line}"
         try:
             fn_name = names.claim(
                 identifier(snake(st.name), reserved=MODULE_RESERVED | _HELPERS),
-                f"query {st.name!r} ({where})",
+                f"query {st.name!r} ({header})",
             )
         except NameError_ as exc:
-            raise QueryFileError(f"{where}: {exc}") from exc
+            raise QueryFileError(f"{header}: {exc}") from exc
         batch = st.command in BATCH_COMMANDS
         ref = "p.{}" if batch else "{}"
         params = []
@@ -717,7 +715,7 @@ def render(
     for module in modules:
         if module.stem in RESERVED_MODULES:
             raise QueryFileError(
-                f"{module.source}: a query file may not be named {module.stem}.sql "
+                f"{module.source}:1: a query file may not be named {module.stem}.sql "
                 "(the generator writes that module itself)"
             )
         imports = set(module.imports)
