@@ -198,3 +198,22 @@ def test_sqlc_config_v1_and_v2_name_the_package_and_its_folder(
     assert (tmp_path / "gen" / "pkg" / "q.py").exists()
     assert codegen_main(["--sqlc", str(config), "--check"]) == 0
     assert "fix it with" not in capsys.readouterr().err
+
+
+def test_type_option_reads_a_jsonb_table_column_as_a_model(
+    case: Path, server_url: str, capsys: pytest.CaptureFixture[str], databases: Any
+) -> None:
+    (case / "schema" / "0002.sql").write_text("CREATE TABLE docs (id int NOT NULL, meta jsonb);\n")
+    (case / "queries" / "q.sql").write_text("-- name: docs :many\nSELECT * FROM docs;\n")
+    code, _, err = _generate(
+        case, server_url, capsys, "--type", "docs.meta=codegen_models.AuthorMeta"
+    )
+    assert code == 0, err
+    from codegen_models import AuthorMeta
+
+    url = databases.create()
+    with psycopg.connect(url) as conn:
+        conn.execute((case / "schema" / "0002.sql").read_text())
+        conn.execute("""INSERT INTO docs VALUES (1, '{"twitter": "@a"}'), (2, NULL)""")
+        rows = _import(case, "q").docs(conn)
+    assert [r.meta for r in rows] == [AuthorMeta(twitter="@a"), None]
