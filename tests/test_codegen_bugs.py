@@ -217,3 +217,28 @@ def test_type_option_reads_a_jsonb_table_column_as_a_model(
         conn.execute("""INSERT INTO docs VALUES (1, '{"twitter": "@a"}'), (2, NULL)""")
         rows = _import(case, "q").docs(conn)
     assert [r.meta for r in rows] == [AuthorMeta(twitter="@a"), None]
+
+
+def test_sqlc_config_overrides_read_a_jsonb_column_as_a_model(
+    tmp_path: Path, server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "sqlc.yaml").write_text(
+        "version: '2'\n"
+        "sql:\n"
+        "  - engine: postgresql\n"
+        "    schema: s.sql  # a comment\n"
+        "    queries: q.sql\n"
+        "    gen:\n"
+        "      go:\n"
+        "        package: pkg\n"
+        "        out: gen\n"
+        "        overrides:\n"
+        "          - column: docs.meta\n"
+        '            py_type: "codegen_models.AuthorMeta"\n'
+    )
+    (tmp_path / "s.sql").write_text("CREATE TABLE docs (id int NOT NULL, meta jsonb);\n")
+    (tmp_path / "q.sql").write_text("-- name: ListDocs :many\nSELECT * FROM docs;\n")
+    assert codegen_main(["--sqlc", str(tmp_path / "sqlc.yaml"), "--database-url", server_url]) == 0
+    models = (tmp_path / "gen" / "pkg" / "models.py").read_text()
+    assert "    meta: AuthorMeta | None\n" in models
+    assert "from codegen_models import AuthorMeta" in models

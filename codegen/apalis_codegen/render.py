@@ -65,6 +65,11 @@ class Model:
     members: list[tuple[str, str]] = field(default_factory=list)  # enum: (member, label)
 
     @property
+    def doc_lines(self) -> list[str]:
+        """The docstring, re-flowed to fit the line length (COMMENT ON text can be long)."""
+        return _wrap_doc(self.doc, self.name)
+
+    @property
     def columns(self) -> dict[str, str]:
         """Result column -> field, for the columns whose field is renamed."""
         return {f.column: f.name for f in self.fields if f.column and f.column != f.name}
@@ -183,7 +188,10 @@ def _wrap_doc(doc: str, fallback: str) -> list[str]:
         if i:
             out.append("")
         out.extend(textwrap.wrap(paragraph, width=88, break_on_hyphens=False) or [""])
-    return [line.replace("\\", "\\\\").replace('"""', '\\"\\"\\"') for line in out]
+    out = [line.replace("\\", "\\\\").replace('"""', '\\"\\"\\"') for line in out]
+    if out[-1].endswith('"'):  # a quote just before the closing quotes would end the string
+        out[-1] = out[-1][:-1] + '\\"'
+    return out
 
 
 class _Builder:

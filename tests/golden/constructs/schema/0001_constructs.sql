@@ -21,6 +21,8 @@ CREATE TABLE books (
     body text NOT NULL DEFAULT ''
 );
 
+COMMENT ON TABLE books IS 'Books, one row per edition. A comment longer than a line is re-flowed into the docstring, and one that ends in a quote (like "this") stays valid Python: "';
+
 CREATE TABLE people (
     id integer PRIMARY KEY,
     mood mood NOT NULL,
