@@ -616,3 +616,14 @@ def test_check_command_fails_on_a_stale_sync_twin(
     assert code == 1
     assert "things_sync.py: stale" in err and "generated code is stale" in err
     assert f"--client {client_copy}" in err  # the printed fix regenerates the same package
+
+
+def test_repository_tool_writes_the_sync_twins_beside_the_generated_code(
+    client_copy: Path, case_copy: Path, server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (client_copy / "things_sync.py").unlink()
+    args = _options(case_copy, case_copy / "out", server_url, "--client", str(client_copy))
+    code, out, err = _repo_tool(args, capsys)
+    assert code == 0, err
+    assert f"wrote {client_copy / 'things_sync.py'}" in out
+    assert (case_copy / "out" / "golden_basic" / "items.py").exists()
