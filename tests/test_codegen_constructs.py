@@ -193,7 +193,7 @@ def test_enums_are_enum_classes_and_arrays_decode(q: Any, pkg: dict[str, ModuleT
     assert row.past is None
 
 
-def test_more_types_round_trip(q: Any) -> None:
+def test_more_types_round_trip(q: Any, pkg: dict[str, ModuleType]) -> None:
     when = datetime(2024, 5, 6, 7, 8, tzinfo=timezone.utc)
     values: dict[str, Any] = {
         "addr": IPv4Interface("10.1.2.3/24"),
@@ -207,12 +207,20 @@ def test_more_types_round_trip(q: Any) -> None:
         "path": "top.middle.leaf",
         "flags": "1010",
         "doc": None,  # xml: mapped to str, but this server may lack libxml to parse one
-        "pair": "(1,x)",
+        "pair": pkg["models"].Pair(a=1, b='x, "y"'),
         "data": [1, "two"],
     }
     q("types", "add_kinds", id=1, **values)
     row = q("types", "get_kinds", id=1)
     assert {k: getattr(row, k) for k in values} == values
+    assert type(row.pair).__name__ == "Pair"
+
+
+def test_a_composite_with_null_fields_round_trips(q: Any, pkg: dict[str, ModuleType]) -> None:
+    pair = pkg["models"].Pair(a=None, b="")
+    columns = "addr net span at at_tz ids period attrs path flags doc data"
+    q("types", "add_kinds", id=3, pair=pair, **dict.fromkeys(columns.split()))
+    assert q("types", "get_kinds", id=3).pair == pair
 
 
 def test_none_is_sql_null_for_json(q: Any) -> None:

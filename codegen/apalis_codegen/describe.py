@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class PgType:
     schema: str = "pg_catalog"
     comment: str = ""  # COMMENT ON TYPE
     labels: tuple[str, ...] = ()  # an enum's labels, in sort order
+    attributes: tuple[tuple[str, int], ...] = ()  # a standalone composite's (name, type oid)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ SELECT t.oid::int8, t.typname::text, t.typcategory::text, t.typelem::int8, t.typ
                    FROM pg_enum AS e WHERE e.enumtypid = t.oid), '{}')
   FROM pg_type AS t JOIN pg_namespace AS n ON n.oid = t.typnamespace
 """
+_ATTRIBUTES = """
+SELECT t.oid::int8, a.attname::text, a.atttypid::int8
+  FROM pg_type AS t
+  JOIN pg_class AS c ON c.oid = t.typrelid AND c.relkind = 'c'
+  JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY t.oid, a.attnum
+"""
 _TABLES = """
 SELECT c.oid::int8, n.nspname::text, c.relname::text,
        coalesce(obj_description(c.oid, 'pg_class'), '')
@@ -128,6 +136,11 @@ def describe(
         )
         for row in conn.execute(_TYPES).fetchall()
     }
+    attributes: dict[int, list[tuple[str, int]]] = {}
+    for oid, name, typid in conn.execute(_ATTRIBUTES).fetchall():
+        attributes.setdefault(oid, []).append((name, typid))
+    for oid, attrs_of in attributes.items():
+        types[oid] = replace(types[oid], attributes=tuple(attrs_of))
     attrs: dict[tuple[int, int], tuple[str, int, bool]] = {}
     by_table: dict[int, list[Column]] = {}
     for relid, attname, typid, attnum, notnull in conn.execute(_COLUMNS).fetchall():

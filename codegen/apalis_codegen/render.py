@@ -39,7 +39,8 @@ RESERVED_MODULES = frozenset({"__init__", "_runtime", "models"})
 BATCH_COMMANDS = ("batchexec", "batchone", "batchmany", "copyfrom")
 _HELPERS = frozenset(
     {"ExecResult", "embed_rows", "enum_array", "enum_list", "enum_value", "hstore_dict"}
-    | {"hstore_text", "Iterable", "ClassVar", "Callable", "dataclass"}
+    | {"hstore_text", "Iterable", "ClassVar", "Callable", "dataclass", "composite"}
+    | {"record_text", "text_loader"}
 )
 
 
@@ -213,11 +214,87 @@ class _Builder:
     # ---- types
 
     def enum_models(self) -> None:
+        """Name every user enum and standalone composite type (models are made if used)."""
         for t in sorted(self.catalog.types.values(), key=lambda t: (t.schema, t.name)):
-            if t.kind != "e" or t.schema in ("pg_catalog", "information_schema"):
+            if t.schema in ("pg_catalog", "information_schema"):
                 continue
-            name = self._class(camel(t.name), f"enum {t.schema}.{t.name}", self.schema_source)
-            self.enums[t.oid] = name
+            if t.kind == "e" or (t.kind == "c" and t.attributes):
+                what = "enum" if t.kind == "e" else "composite type"
+                owner = f"{what} {t.schema}.{t.name}"
+                self.enums[t.oid] = self._class(camel(t.name), owner, self.schema_source)
+
+    def composite_models(self) -> list[Model]:
+        """Models of the composite types a statement or table uses, each after those it uses."""
+        done: dict[int, Model] = {}
+        order: list[Model] = []
+
+        def visit(oid: int) -> None:
+            if oid in done:
+                return
+            t = self.catalog.types[oid]
+            fields = []
+            deps: list[int] = []
+            for name, typid in t.attributes:
+                what = f"{self.schema_source}: composite type {t.schema}.{t.name}, field {name!r}"
+                py = self.pytype(typid, what)
+                f = self.field_for(name, py, True, what)
+                f.decoder = ""  # the composite's own decoder converts every field
+                fields.append(f)
+                deps += [d for d in self._composites_in(typid) if d != oid]
+            doc = t.comment or f"A value of the PostgreSQL composite type ``{t.schema}.{t.name}``."
+            done[oid] = Model(self.enums[oid], doc, fields)
+            for d in deps:
+                visit(d)
+            order.append(done[oid])
+
+        while True:
+            todo = [o for o in self.used_enums if self.catalog.types[o].kind == "c"]
+            todo = [o for o in todo if o not in done]
+            if not todo:
+                break
+            for oid in sorted(todo, key=lambda o: self.enums[o]):
+                visit(oid)
+        # visit() appends a model after its dependencies were visited from it; a model used
+        # by another must come first in the module, so order by dependency depth.
+        return sorted(order, key=lambda m: self._depth(m.name))
+
+    def _composites_in(self, oid: int) -> list[int]:
+        t = self.catalog.types.get(oid)
+        while t is not None and (t.base or (t.category == "A" and t.element)):
+            t = self.catalog.types.get(t.base or t.element)
+        return [t.oid] if t is not None and t.kind == "c" and t.oid in self.enums else []
+
+    def _depth(self, name: str) -> int:
+        oid = next(o for o, n in self.enums.items() if n == name)
+        inner = [
+            d for _, typid in self.catalog.types[oid].attributes for d in self._composites_in(typid)
+        ]
+        return 1 + max((self._depth(self.enums[d]) for d in inner if d != oid), default=0)
+
+    def text_decoder(self, oid: int) -> str:
+        """An expression turning one field of a composite's text form into its Python value."""
+        py = python_type(oid, self.catalog.types, self.enums)
+        if py.enum:
+            return f"enum_list({py.enum})" if py.is_array else py.enum
+        if py.composite and py.element != "str":
+            return self.composite_decoder(oid)
+        if py.hstore:
+            return "hstore_dict"
+        t = self.catalog.types[oid]
+        base = t
+        while base.base:
+            base = self.catalog.types[base.base]
+        if py.element == "str" and not py.is_array:
+            return "str"
+        return f"text_loader({base.oid})"
+
+    def composite_decoder(self, oid: int) -> str:
+        """``composite(Model, [field decoders])`` for a composite type."""
+        t = self.catalog.types[oid]
+        while t.base:
+            t = self.catalog.types[t.base]
+        parts = ", ".join(self.text_decoder(typid) for _, typid in t.attributes)
+        return f"composite({self.enums[t.oid]}, [{parts}])"
 
     def enum_model(self, t: PgType) -> Model:
         members = Names("enum member")
@@ -262,7 +339,11 @@ class _Builder:
         except NameError_ as exc:
             raise QueryFileError(f"{where}: column {column!r}: {exc}; alias it") from exc
         decoder = ""
-        if py.enum:
+        if py.composite and py.element != "str":
+            decoder = self.composite_decoder(
+                next(o for o, n in self.enums.items() if n == py.element)
+            )
+        elif py.enum:
             decoder = f"enum_list({py.enum})" if py.is_array else py.enum
         elif py.hstore:
             decoder = "hstore_dict"
@@ -433,6 +514,8 @@ def _param_value(py: PyType, ref: str, wrappers: set[str]) -> str:
         return f"enum_array({ref})" if py.is_array else f"enum_value({ref})"
     if py.hstore:
         return f"hstore_text({ref})"
+    if py.composite and py.element != "str":
+        return f"record_text({ref})"
     if py.wrapper:
         wrappers.add(py.wrapper)
         inner = 'v.model_dump(mode="json")' if py.model else "v"
@@ -524,8 +607,8 @@ def build(
             )
             if not batch:  # a batch's parameter types are in its params class
                 module.imports.update(py.imports)
-                if py.enum:
-                    module.models.add(py.enum)
+                if py.enum or (py.composite and py.element != "str"):
+                    module.models.add(py.element)
             value = _param_value(py, ref.format(name), module.wrappers)
             params.append(Param(name, annotation, value, sql_name, py.imports))
         rename = {p.sql_name: p.name for p in params}
@@ -605,12 +688,14 @@ def build(
                 factory=rows_const(model_name) if model_name else "",
             )
         )
+    composites = b.composite_models()
     enum_models = [
         b.enum_model(catalog.types[oid])
         for oid in sorted(b.enums, key=lambda o: b.enums[o])
-        if oid in b.used_enums
+        if oid in b.used_enums and catalog.types[oid].kind == "e"
     ]
-    return enum_models + b.models + row_models + params_models, list(modules.values())
+    models = enum_models + composites + b.models + row_models + params_models
+    return models, list(modules.values())
 
 
 def _prepared(st: Statement, rename: Mapping[str, str]) -> Prepared:
@@ -676,7 +761,9 @@ def _runtime_names(models: Sequence[Model]) -> list[str]:
     used = {"Row"}
     for m in models:
         for decoder in m.decoders.values():
-            used.update(n for n in ("enum_list", "hstore_dict") if n in decoder)
+            used.update(
+                n for n in ("enum_list", "hstore_dict", "composite", "text_loader") if n in decoder
+            )
     return sorted(used, key=import_order)
 
 
@@ -738,7 +825,9 @@ def render(
                 runtime.add("ExecResult")
             for p in f.params:
                 runtime.update(
-                    n for n in ("enum_array", "enum_value", "hstore_text") if f"{n}(" in p.value
+                    n
+                    for n in ("enum_array", "enum_value", "hstore_text", "record_text")
+                    if f"{n}(" in p.value
                 )
         for is_async in (False, True):
             name = f"{module.stem}_async.py" if is_async else f"{module.stem}.py"

@@ -130,7 +130,10 @@ def python_type(
     if t.name == "hstore" and not is_array:
         return PyType("dict[str, str | None]", is_array, (), "", hstore=True)
     if t.kind == "c":
-        return PyType("str", is_array, (), "", composite=True)
+        name = "" if is_array else (enums or {}).get(t.oid, "")
+        # A standalone composite with a generated model; else (a table's row type, an
+        # array of composites) PostgreSQL's text form.
+        return PyType(name or "str", is_array, (), "", composite=True, enum="")
     if t.name not in _SCALARS:
         raise UnmappedType(t.name + ("[]" if is_array else ""))
     annotation, imports = _SCALARS[t.name]

@@ -17,7 +17,7 @@ from codegen_models import AuthorMeta
 from psycopg.types.range import Range
 from pydantic import JsonValue
 
-from ._runtime import Row, enum_list, hstore_dict
+from ._runtime import Row, composite, enum_list, hstore_dict, text_loader
 
 
 class Mood(str, Enum):
@@ -26,6 +26,13 @@ class Mood(str, Enum):
     HAPPY = "happy"
     SAD = "sad"
     SO_SO = "so-so"
+
+
+class Pair(Row):
+    """A value of the PostgreSQL composite type ``public.pair``."""
+
+    a: int | None
+    b: str | None
 
 
 class Author(Row):
@@ -66,6 +73,7 @@ class Kind(Row):
 
     __decoders__: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "attrs": hstore_dict,
+        "pair": composite(Pair, [text_loader(23), str]),
     }
 
     id: int
@@ -80,7 +88,7 @@ class Kind(Row):
     path: str | None
     flags: str | None
     doc: str | None
-    pair: str | None
+    pair: Pair | None
     data: JsonValue | None
 
 

@@ -15,8 +15,8 @@ from codegen_models import AuthorMeta
 from psycopg.types.range import Range
 from pydantic import JsonValue
 
-from ._runtime import Json, Jsonb, enum_array, enum_value, hstore_text, model_rows
-from .models import DataIsNullRow, GetMetaRow, Kind, Mood, People
+from ._runtime import Json, Jsonb, enum_array, enum_value, hstore_text, model_rows, record_text
+from .models import DataIsNullRow, GetMetaRow, Kind, Mood, Pair, People
 
 ADD_PERSON_SQL: Final = """
 INSERT INTO people (id, mood, moods, past) VALUES (%(id)s, %(mood)s, %(moods)s, %(past)s)
@@ -105,7 +105,7 @@ async def add_kinds(
     path: str,
     flags: str,
     doc: str,
-    pair: str,
+    pair: Pair,
     data: JsonValue,
 ) -> None:
     """Run the ``AddKinds`` query."""
@@ -122,7 +122,7 @@ async def add_kinds(
         "path": path,
         "flags": flags,
         "doc": doc,
-        "pair": pair,
+        "pair": record_text(pair),
         "data": None if data is None else Json(data),
     }
     await conn.execute(ADD_KINDS_SQL, params)
