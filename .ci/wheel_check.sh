@@ -17,6 +17,7 @@ test -f "$site/apalis_client/schema/0001_base.sql" || { echo "wheel check: schem
 test -f "$site/apalis_client/grant_templates/producer.sql" || { echo "wheel check: grant templates not shipped" >&2; exit 1; }
 test -f "$site/apalis_generated/models.py" || { echo "wheel check: generated query layer not shipped" >&2; exit 1; }
 test -f "$site/apalis_codegen/templates/queries.py.j2" || { echo "wheel check: codegen templates not shipped" >&2; exit 1; }
+"$work/venv/bin/apalis-codegen" --help >/dev/null && "$work/venv/bin/python" -m apalis_codegen --help >/dev/null || { echo "wheel check: apalis-codegen / python -m apalis_codegen missing" >&2; exit 1; }
 db="apalis_wheel_check_$$"
 psql_url=$("$work/venv/bin/python" -c 'import sys; from psycopg.conninfo import make_conninfo; print(make_conninfo(sys.argv[1], dbname=sys.argv[2]))' "$url" "$db")
 "$work/venv/bin/python" - "$url" "$db" <<'PY'

@@ -1,7 +1,50 @@
-"""Run the generator: ``python -m codegen [--check]``."""
+"""This repository's generator run: ``python -m codegen [--check]``.
 
+The generator itself (``apalis-codegen``), plus a repository-only step: the ``*_sync.py``
+twins of ``apalis_client``'s hand-written ``*_async.py`` modules.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from apalis_codegen.main import main
 
-sys.exit(main())
+# The package whose hand-written *_async.py modules get generated *_sync.py twins.
+CLIENT = Path("apalis_client")
+
+
+def sync_twins(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace, bool], list[str]]:
+    """Add ``--client`` and return the step writing (or checking) the sync twins."""
+    p.add_argument(
+        "--client",
+        type=Path,
+        default=CLIENT,
+        help="package whose *_async.py modules get a generated *_sync.py twin",
+    )
+
+    def step(args: argparse.Namespace, check: bool) -> list[str]:
+        from apalis_codegen import unasync
+
+        try:
+            return unasync.check(args.client) if check else unasync.write(args.client)
+        except unasync.UnasyncError as exc:
+            return [f"sync twins: {exc}"] if check else _fail(exc)
+
+    def command_suffix(args: argparse.Namespace) -> str:
+        return "" if args.client == CLIENT else f" --client {args.client}"
+
+    step.command_suffix = command_suffix  # type: ignore[attr-defined]
+    return step
+
+
+def _fail(exc: Exception) -> list[str]:
+    print(f"python -m codegen: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m codegen", extra=sync_twins))

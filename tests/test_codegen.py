@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "basic"
 
 
-def _options(case: Path, out: Path, url: str, *extra: str) -> list[str]:
+def _options(
+    case: Path, out: Path, url: str, *extra: str, package: str = "golden_basic"
+) -> list[str]:
     return [
         "--queries",
         str(case / "queries"),
@@ -37,7 +39,7 @@ def _options(case: Path, out: Path, url: str, *extra: str) -> list[str]:
         "--out",
         str(out),
         "--package",
-        "golden_basic",
+        package,
         "--database-url",
         url,
         *extra,
@@ -69,19 +71,26 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 # ---- golden output -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("case_name", ["basic", "constructs"])
 def test_golden_output_matches_expected_files(
-    server_url: str, tmp_path: Path, in_repo: None, capsys: pytest.CaptureFixture[str]
+    case_name: str,
+    server_url: str,
+    tmp_path: Path,
+    in_repo: None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    case = GOLDEN.relative_to(REPO)
+    golden = GOLDEN.parent / case_name
+    package = f"golden_{case_name}"
+    case = golden.relative_to(REPO)
     out = tmp_path / "out"
-    code, _, err = _run(_options(case, out, server_url), capsys)
+    code, _, err = _run(_options(case, out, server_url, package=package), capsys)
     assert code == 0, err
-    expected_dir = GOLDEN / "expected" / "golden_basic"
-    produced = {p.name: p.read_text() for p in (out / "golden_basic").glob("*.py")}
+    expected_dir = golden / "expected" / package
+    produced = {p.name: p.read_text() for p in (out / package).glob("*.py")}
     expected = {p.name: p.read_text() for p in expected_dir.glob("*.py")}
     if os.environ.get("APALIS_UPDATE_GOLDEN"):
-        shutil.rmtree(expected_dir)
-        shutil.copytree(out / "golden_basic", expected_dir)
+        shutil.rmtree(expected_dir, ignore_errors=True)
+        shutil.copytree(out / package, expected_dir)
         expected = produced
     assert sorted(produced) == sorted(expected)
     for name in sorted(expected):
@@ -311,7 +320,6 @@ def _write_query(case: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
-        ("SELECT 1;\n", 1, "SQL before any '-- name: <identifier> :<command>' header"),
         (
             "-- name: a :one\nSELECT 1 AS x;\n-- name: a :one\nSELECT 2 AS x;\n",
             3,
@@ -325,7 +333,7 @@ def _write_query(case: Path, text: str) -> Path:
             "parameter @x of query 'a' is used with two types: int8, text",
         ),
     ],
-    ids=["missing-name", "duplicate-name", "unknown-command", "malformed", "two-types"],
+    ids=["duplicate-name", "unknown-command", "malformed", "two-types"],
 )
 def test_bad_header_is_reported_with_file_and_line(
     text: str,
@@ -443,7 +451,7 @@ def test_editing_an_input_makes_check_fail_until_regenerated(
     code, err = _check_offline(case_copy, capsys)
     assert code == 1
     assert f"golden_basic/{stale}: stale" in err
-    assert "fix it with: python -m codegen" in err
+    assert "fix it with: apalis-codegen" in err
     _generate(case_copy, server_url, capsys)
     assert _check_offline(case_copy, capsys)[0] == 0
 
@@ -585,14 +593,37 @@ def test_repository_sync_twins_are_fresh(in_repo: None) -> None:
     assert unasync.check(Path("apalis_client")) == []
 
 
+def _repo_tool(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    # This repository's `python -m codegen`: the generator plus the sync-twin step.
+    sys.path.insert(0, str(REPO))
+    try:
+        repo_main = importlib.import_module("codegen.__main__")
+    finally:
+        sys.path.remove(str(REPO))
+    code = codegen_main(args, prog="python -m codegen", extra=repo_main.sync_twins)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_check_command_fails_on_a_stale_sync_twin(
     client_copy: Path, in_repo: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = _run(["--check", "--client", str(client_copy)], capsys)
-    assert code == 0 and "sync twins" in out
+    code, out, _ = _repo_tool(["--check", "--client", str(client_copy)], capsys)
+    assert code == 0 and "up to date" in out
     source = client_copy / "things_async.py"
     source.write_text(source.read_text().replace("SELECT 1", "SELECT 2"))
-    code, _, err = _run(["--check", "--client", str(client_copy)], capsys)
+    code, _, err = _repo_tool(["--check", "--client", str(client_copy)], capsys)
     assert code == 1
     assert "things_sync.py: stale" in err and "generated code is stale" in err
     assert f"--client {client_copy}" in err  # the printed fix regenerates the same package
+
+
+def test_repository_tool_writes_the_sync_twins_beside_the_generated_code(
+    client_copy: Path, case_copy: Path, server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (client_copy / "things_sync.py").unlink()
+    args = _options(case_copy, case_copy / "out", server_url, "--client", str(client_copy))
+    code, out, err = _repo_tool(args, capsys)
+    assert code == 0, err
+    assert f"wrote {client_copy / 'things_sync.py'}" in out
+    assert (case_copy / "out" / "golden_basic" / "items.py").exists()
