@@ -33,11 +33,13 @@ class Field:
 
 @dataclass
 class Model:
-    """A generated pydantic model: a table's or one statement's own ``<Name>Row``."""
+    """A generated model: a table's or a statement's ``<Name>Row`` (pydantic), or the
+    ``<Name>Params`` TypedDict of a statement's parameters."""
 
     name: str
     doc: str
     fields: list[Field]
+    base: str = "Row"
 
 
 @dataclass
@@ -235,6 +237,7 @@ def build(
         where = f"{display.get(st.file, str(st.file))}:{st.line}"
         module = modules.setdefault(st.file, QueryModule(stems[st.file], display[st.file]))
         params = []
+        param_fields = []
         for name, oid in zip(st.params, d.param_types, strict=True):
             py = _python_type(oid, catalog, f"{where}: query {st.name!r}, parameter @{name}")
             if keyword.iskeyword(name):
@@ -256,6 +259,12 @@ def build(
                     value = f"None if {name} is None else {value}"
             module.imports.update(py.imports)
             params.append(Param(name, annotation, value))
+            param_fields.append(Field(name, annotation, py.imports))
+        if param_fields:
+            # The keyword arguments as one typed value, for callers that build them apart
+            # from the call (``f(conn, **params)``): mypy checks each key against the query.
+            doc = f"The parameters of ``{st.name}``, as its keyword arguments."
+            models.append(Model(f"{camel(st.name)}Params", doc, param_fields, base="TypedDict"))
 
         model_name: str | None = None
         if st.command in ("one", "many"):
@@ -329,7 +338,10 @@ def from_import(module: str, names: Sequence[str]) -> str:
 
 
 def _model_imports(models: Sequence[Model]) -> set[str]:
-    return {imp for model in models for f in model.fields for imp in f.imports}
+    imports = {imp for model in models for f in model.fields for imp in f.imports}
+    if any(model.base == "TypedDict" for model in models):
+        imports.add("from typing import TypedDict")
+    return imports
 
 
 def render(
