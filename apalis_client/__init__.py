@@ -24,15 +24,14 @@ from apalis_client.migrate import (
     verify_schema,
     verify_schema_async,
 )
-from apalis_client.producer import (
-    push_many_with_conn,
+from apalis_client.producer import push_many_with_conn, push_task_with_conn, push_with_conn
+from apalis_client.producer_async import (
     push_many_with_conn_async,
-    push_task_with_conn,
     push_task_with_conn_async,
-    push_with_conn,
     push_with_conn_async,
 )
-from apalis_client.storage import AsyncPostgresStorage, PostgresStorage
+from apalis_client.storage import PostgresStorage
+from apalis_client.storage_async import AsyncPostgresStorage
 from apalis_client.task import Task, TaskId
 from apalis_client.worker import Worker, WorkerStats
 from apalis_client.worker_logic import Outcome

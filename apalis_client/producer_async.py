@@ -1,9 +1,28 @@
-"""Push tasks on a connection you hold: shells running a batch's plan on the connection.
+"""Push tasks on a psycopg connection you hold (the transactional outbox).
 
-Import them from :mod:`apalis_client.producer` (or :mod:`apalis_client`).
+In two forms: the sync module is written by codegen's unasync from the ``*_async`` one.
+
+Every push is one INSERT for the whole batch, with no savepoint: PostgreSQL caches 64
+subtransactions per backend and, past that, slows every snapshot on the server, so a request
+that pushes tasks one by one inside one transaction must not open one per push.
+
+- In your transaction (``async with conn.transaction()``, or after an earlier statement): the
+  task commits or rolls back with your business writes. An idempotency conflict or a
+  duplicate id is skipped by the INSERT (``ON CONFLICT DO NOTHING``), told apart by one
+  look-up, and raised with your transaction still usable; a batch that was short deletes the
+  rows it did insert first. **Any other failure (a statement timeout, a deadlock, a missing
+  schema) aborts your transaction**, as any statement's would: an outbox must not commit a
+  business write whose task failed to insert. Roll back and retry the whole unit of work.
+- On an idle connection without autocommit, the push opens the transaction (psycopg's
+  implicit one) and you commit it; if the push fails, it rolls back that transaction, which
+  holds nothing but the push.
+- On an idle autocommit connection, one task commits on its own; a batch runs in a
+  transaction of its own, all or nothing.
+
+NOTIFY reaches workers at commit. Never commits or closes a connection you pass.
 """
 
-# unasync: the source of producer_sync.py, which `python -m codegen` writes from it.
+# unasync: public
 
 from __future__ import annotations
 
@@ -11,45 +30,31 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 
-from apalis_client import _savepoint
-from apalis_client.batch import (
+from apalis_client._push import (
+    ABORTED,
     OPERATION,
     Batch,
     Plan,
     batch_of_args,
     batch_of_tasks,
-    check_inserted,
-    one_message,
+    conflict_error,
     plan_for,
-    single_outcome,
 )
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import translate_error
-from apalis_client.producer_logic import (
-    _ROWS,
-    _SAVEPOINT_PLANS,
-    _STATEMENT_PLANS,
-    OneRow,
-    Outcome,
-    _batch_statement,
-    _in_pipeline,
-    _outcome,
-    forget_prepared,
-    is_prepared,
-    mark_prepared,
-    one_row,
-    prepares,
-)
 from apalis_client.task import Task, TaskId
-from apalis_generated import push_async as gen_async
+from apalis_generated import push_async as sql
 
 Args = TypeVar("Args")
 
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+_ABORTED = TransactionStatus.INERROR
+
 
 async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> list[TaskId]:
-    """Insert ``batch`` on ``conn`` following its :func:`~apalis_client.batch.plan_for` plan."""
+    """Insert ``batch`` on ``conn``, all or nothing, following its plan (see the module)."""
     if not batch.ids:
         return []
     plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
@@ -57,113 +62,47 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         async with conn.pipeline() as pipeline:
             await pipeline.sync()
         plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
-    outcome: Outcome
     try:
-        if plan in _STATEMENT_PLANS:
-            sql, params, counts = _batch_statement(batch)
-            async with conn.cursor(row_factory=_ROWS) as cur:
-                await cur.execute(sql, params)
-                outcome = (
-                    single_outcome(batch, cur.rowcount)
-                    if counts
-                    else _outcome(await cur.fetchone())
-                )
-            if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
-                await conn.rollback()  # the transaction holds only this push
-        elif one_message(plan, batch, _in_pipeline(conn)):
-            outcome = await _push_one_message_async(conn, batch)
-        elif plan is Plan.TRANSACTION:
+        if plan is Plan.OWN_TRANSACTION:
             async with conn.transaction():
-                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
-                # Raising here makes psycopg roll the whole batch back.
-                check_inserted(batch, *outcome)
-        elif plan is Plan.SAVEPOINT_ONE_TRIP:
-            # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
-            # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
-            sql, params, counts = _batch_statement(batch)
-            async with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
-                async with conn.pipeline():
-                    await ctl.execute(_savepoint.SAVEPOINT, prepare=False)
-                    await cur.execute(sql, params)
-                    await ctl.execute(_savepoint.RELEASE, prepare=False)
-                outcome = (
-                    single_outcome(batch, cur.rowcount)
-                    if counts
-                    else _outcome(await cur.fetchone())
-                )
+                await _insert_async(conn, batch)  # a conflict raised here rolls it all back
+        elif plan is Plan.OPENS_TRANSACTION:
+            try:
+                await _insert_async(conn, batch)
+            except Exception:
+                if conn.info.transaction_status in _OPEN:
+                    await conn.rollback()  # the transaction holds nothing but this push
+                raise
         else:
-            async with conn.pipeline():
-                await conn.execute(_savepoint.SAVEPOINT)
-                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
-                try:
-                    check_inserted(batch, *outcome)
-                except Exception:
-                    await conn.execute(_savepoint.ROLLBACK_TO)
-                    raise
-                finally:
-                    await conn.execute(_savepoint.RELEASE)
+            await _insert_async(conn, batch)
     except psycopg.Error as exc:
-        if plan in _SAVEPOINT_PLANS:
-            await _recover_async(conn)
-        elif plan is Plan.OPEN_TRANSACTION:
-            await _roll_back_own_async(conn)
-        raise translate_error(OPERATION, exc) from exc
-    check_inserted(batch, *outcome)
+        error = translate_error(OPERATION, exc)
+        if plan is Plan.IN_TRANSACTION and conn.info.transaction_status == _ABORTED:
+            error.args = (f"{error}; {ABORTED}",)
+        raise error from exc
     return batch.ids
 
 
-async def _push_one_message_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Outcome:
-    row = one_row(batch)
-    if not prepares(conn):
-        return await _send_one_message_async(conn, row.plain, batch)
-    if not is_prepared(conn, row):
-        await _prepare_async(conn, row)
-    try:
-        return await _send_one_message_async(conn, row.execute, batch)
-    except psycopg.errors.InvalidSqlStatementName:
-        # The session lost our statements (DEALLOCATE ALL, DISCARD ALL): prepare again.
-        await _recover_async(conn)
-        forget_prepared(conn)
-        await _prepare_async(conn, row)
-        return await _send_one_message_async(conn, row.execute, batch)
-
-
-async def _send_one_message_async(
-    conn: psycopg.AsyncConnection[Any], message: bytes, batch: Batch
-) -> Outcome:
-    async with psycopg.AsyncClientCursor(conn) as cur:
-        await cur.execute(message, batch.single_params())
-        cur.nextset()  # SAVEPOINT's result, then the INSERT's
-        return single_outcome(batch, cur.rowcount)
-
-
-async def _prepare_async(conn: psycopg.AsyncConnection[Any], row: OneRow) -> None:
-    try:
-        await conn.execute(row.prepare)
-    except psycopg.errors.DuplicatePreparedStatement:
-        # Prepared in this session already, under the same hashed name: the same statement.
-        await _recover_async(conn)
-    mark_prepared(conn, row)
-
-
-async def _roll_back_own_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    # The push opened this transaction and failed in it: ending it undoes exactly the push.
-    if conn.info.transaction_status != TransactionStatus.IDLE:
-        await conn.rollback()
-
-
-async def _recover_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    # The INSERT failed inside our savepoint: undo it so the caller's transaction goes on.
-    if conn.info.transaction_status != TransactionStatus.INERROR:
+async def _insert_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    """The INSERT, then, if it skipped rows, the look-up and the error naming the conflict."""
+    undo: list[str] | None = None
+    if len(batch.ids) == 1 and conn.pgconn.pipeline_status == PipelineStatus.OFF:
+        inserted = await sql.push_task(conn, **batch.single())
+    else:
+        # In the caller's pipeline a row count is only read at a sync: the batch statement
+        # reports its count as a row instead.
+        uniform = batch.uniform()
+        row = await (
+            sql.push_tasks_uniform(conn, **uniform)
+            if uniform is not None
+            else sql.push_tasks(conn, **batch.columns())
+        )
+        inserted = row.inserted if row is not None else 0
+        undo = row.inserted_ids if row is not None else None
+    if inserted == len(batch.ids):
         return
-    try:
-        async with conn.pipeline():
-            await conn.execute(_savepoint.ROLLBACK_TO)
-            await conn.execute(_savepoint.RELEASE)
-    except psycopg.Error:
-        # The savepoint itself never got made; the transaction stays aborted, as it would
-        # without us, and the original error is the one worth reporting.
-        pass
+    found = await sql.find_conflicts(conn, **batch.lookup(undo))
+    raise conflict_error(batch, inserted, found)
 
 
 async def push_with_conn_async(
@@ -187,5 +126,9 @@ async def push_many_with_conn_async(
     *,
     codec: Codec[Args] = JSON,
 ) -> list[TaskId]:
-    """Push a batch of tasks with one INSERT, all or nothing; returns their ids in order."""
+    """Push a batch of tasks with one INSERT, all or nothing; returns their ids in order.
+
+    ``tasks`` may be any iterable: a generator keeps only the batch's columns in memory, not
+    every ``Task`` at once.
+    """
     return await push_batch_async(conn, batch_of_tasks(queue, tasks, codec))

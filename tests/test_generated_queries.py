@@ -277,7 +277,7 @@ def test_push_tasks_inserts_pending_rows_with_the_given_fields(
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [task, T()]))
     assert isinstance(result, PushTasksRow)
     assert result.inserted == 2
-    assert result.inserted_keys is None
+    assert result.inserted_ids is None  # all went in: no ids sent back
     job = find(migrated_db, task.id)
     assert (job.job, job.job_type, job.status, job.attempts, job.max_attempts) == (
         b"\x00\x01raw",
@@ -295,13 +295,13 @@ def test_push_tasks_inserts_pending_rows_with_the_given_fields(
     assert (job.last_result, job.lock_at, job.lock_by, job.done_at) == (None, None, None, None)
 
 
-def test_push_tasks_with_a_colliding_key_counts_and_names_only_the_inserted_keys(
+def test_push_tasks_with_a_colliding_key_counts_and_names_the_rows_it_inserted(
     flavor: Flavor, migrated_db: str
 ) -> None:
     seed(migrated_db, T(id="OLD", key="k1"))
     batch = [T(id="A", key="k1"), T(id="B", key="k2"), T(id="C")]
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, batch))
-    assert (result.inserted, result.inserted_keys) == (2, ["k2"])
+    assert result.inserted == 2 and sorted(result.inserted_ids or []) == ["B", "C"]
     assert sql(migrated_db, "SELECT id FROM apalis.jobs ORDER BY id") == [("B",), ("C",), ("OLD",)]
 
 
@@ -342,28 +342,36 @@ def test_push_task_with_a_colliding_key_counts_zero_and_inserts_nothing(
     assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("OLD",)]
 
 
-def test_push_task_unkeyed_inserts_one_pending_row_without_a_key(
+def test_push_task_with_a_taken_id_counts_zero_without_raising(
     flavor: Flavor, migrated_db: str
 ) -> None:
-    task = T(id="U", priority=3, metadata='{"n": 2}')
-    args = one_task_args(task)
-    del args["idempotency_key"]
-    assert call(flavor, "push", "push_task_unkeyed", migrated_db, **args) == 1
-    job = find(migrated_db, "U")
-    assert (job.status, job.attempts, job.priority, job.idempotency_key) == ("Pending", 0, 3, None)
-    assert job.metadata == {"n": 2}
+    seed(migrated_db, T(id="OLD"))
+    assert call(flavor, "push", "push_task", migrated_db, **one_task_args(T(id="OLD"))) == 0
+    assert sql(migrated_db, "SELECT count(*) FROM apalis.jobs") == [(1,)]
 
 
-def test_push_tasks_unkeyed_inserts_every_row_and_counts_them(
+def test_find_conflicts_deletes_the_undone_rows_and_lists_the_holders(
     flavor: Flavor, migrated_db: str
 ) -> None:
-    tasks = [T(id="A", priority=2), T(id="B", metadata='{"x": true}')]
-    args = push_args(Q, tasks)
-    del args["idempotency_keys"]
-    assert call(flavor, "push", "push_tasks_unkeyed", migrated_db, **args) == 2
-    a, b = find(migrated_db, "A"), find(migrated_db, "B")
-    assert (a.status, a.priority, a.idempotency_key) == ("Pending", 2, None)
-    assert b.metadata == {"x": True}
+    seed(migrated_db, T(id="OLD", key="k1"), T(id="TAKEN"))
+    seed(migrated_db, T(id="ELSEWHERE", key="k2"), queue="other")
+    seed(migrated_db, T(id="MINE"))  # what a short push inserted and now undoes
+    rows = call(
+        flavor,
+        "push",
+        "find_conflicts",
+        migrated_db,
+        undo_ids=["MINE"],
+        ids=["MINE", "TAKEN", "NEW"],
+        queue=Q,
+        keys=["k1", "k2"],
+    )
+    assert sorted((r.id, r.held_key) for r in rows) == [("OLD", "k1"), ("TAKEN", None)]
+    assert sql(migrated_db, "SELECT id FROM apalis.jobs ORDER BY id") == [
+        ("ELSEWHERE",),
+        ("OLD",),
+        ("TAKEN",),
+    ]
 
 
 def test_push_tasks_uniform_gives_every_row_the_shared_columns(
@@ -382,8 +390,9 @@ def test_push_tasks_uniform_gives_every_row_the_shared_columns(
         metadata='{"n": 1}',
         jobs=[b'"a"', b'"b"'],
         ids=["A", "B"],
+        idempotency_keys=[None, None],
     )
-    assert inserted == 2
+    assert inserted is not None and inserted.inserted == 2
     rows = [find(migrated_db, i) for i in ("A", "B")]
     assert [(r.job, r.status, r.attempts, r.idempotency_key) for r in rows] == [
         (b'"a"', "Pending", 0, None),
@@ -397,16 +406,15 @@ def test_push_tasks_uniform_gives_every_row_the_shared_columns(
 def test_push_tasks_idempotency_keys_are_per_queue(flavor: Flavor, migrated_db: str) -> None:
     seed(migrated_db, T(key="k1"), queue="other")
     result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")]))
-    assert (result.inserted, result.inserted_keys) == (1, ["k1"])
+    assert (result.inserted, result.inserted_ids) == (1, None)
 
 
-def test_push_tasks_with_a_duplicate_id_fails_and_inserts_nothing(
+def test_push_tasks_with_a_duplicate_id_skips_it_without_raising(
     flavor: Flavor, migrated_db: str
 ) -> None:
     seed(migrated_db, T(id="A"))
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(id="B"), T(id="A")]))
-    assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("A",)]
+    result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(id="B"), T(id="A")]))
+    assert (result.inserted, result.inserted_ids) == (1, ["B"])
 
 
 def test_push_tasks_notifies_listeners_of_the_due_tasks_once_per_statement(

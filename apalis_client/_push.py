@@ -1,0 +1,244 @@
+"""The I/O-free half of a push: a batch's columns, its plan on a connection, its conflict error.
+
+Shared by ``producer_async`` and the ``producer`` generated from it. The statements are the
+ones in ``queries/push.sql``; each takes its parameters as the TypedDict the generator wrote
+for it, so a renamed ``@param`` fails mypy here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+from psycopg.pq import TransactionStatus
+
+from apalis_client import limits
+from apalis_client.codec import Codec, to_json
+from apalis_client.errors import (
+    ApalisError,
+    DatabaseError,
+    DuplicateTaskId,
+    IdempotencyConflict,
+    InvalidArgument,
+)
+from apalis_client.task import Task, TaskId, new_task_id, now_whole_seconds
+from apalis_generated.models import (
+    FindConflictsParams,
+    FindConflictsRow,
+    PushTaskParams,
+    PushTasksParams,
+    PushTasksUniformParams,
+)
+
+Args = TypeVar("Args")
+
+OPERATION: Final = "push"
+_EMPTY_METADATA: Final = "{}"
+# Said after any failure other than a conflict, when the push ran in the caller's transaction.
+ABORTED: Final = (
+    "the push ran inside your transaction, which is now aborted: roll it back (nothing of it "
+    "will commit, so no business write goes without its task)"
+)
+
+
+@dataclass(slots=True)
+class Batch:
+    """The columns of one push, row by row, checked against the caps."""
+
+    queue: str
+    jobs: list[bytes] = field(default_factory=list)
+    ids: list[TaskId] = field(default_factory=list)
+    max_attempts: list[int] = field(default_factory=list)
+    run_ats: list[datetime] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)
+    metadata: list[str] = field(default_factory=list)
+    idempotency_keys: list[str | None] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # the non-NULL ones, in order
+
+    def add(
+        self,
+        job: bytes,
+        task_id: TaskId,
+        run_at: datetime,
+        priority: int,
+        max_attempts: int,
+        metadata: str,
+        key: str | None,
+    ) -> None:
+        """Append one row (its fields already checked; the payload is checked here)."""
+        self.jobs.append(limits.check_payload(job))
+        self.ids.append(task_id)
+        self.run_ats.append(run_at)
+        self.priorities.append(priority)
+        self.max_attempts.append(max_attempts)
+        self.metadata.append(metadata)
+        self.idempotency_keys.append(key)
+        if key is not None:
+            self.keys.append(key)
+
+    def single(self) -> PushTaskParams:
+        """``push_task``'s parameters, for a batch of exactly one task."""
+        return {
+            "job": self.jobs[0],
+            "id": self.ids[0],
+            "queue": self.queue,
+            "max_attempts": self.max_attempts[0],
+            "run_at": self.run_ats[0],
+            "priority": self.priorities[0],
+            "metadata": self.metadata[0],
+            "idempotency_key": self.idempotency_keys[0],
+        }
+
+    def columns(self) -> PushTasksParams:
+        """``push_tasks``' parameters: every column as an array."""
+        return {
+            "queue": self.queue,
+            "jobs": self.jobs,
+            "ids": list(self.ids),
+            "max_attempts": self.max_attempts,
+            "run_ats": self.run_ats,
+            "priorities": self.priorities,
+            "metadata": self.metadata,
+            "idempotency_keys": self.idempotency_keys,
+        }
+
+    def uniform(self) -> PushTasksUniformParams | None:
+        """``push_tasks_uniform``'s parameters, or None unless every row shares its run_at,
+        priority, max_attempts and metadata."""
+        n = len(self.ids)
+        run_at, priority = self.run_ats[0], self.priorities[0]
+        max_attempts, metadata = self.max_attempts[0], self.metadata[0]
+        if (
+            self.run_ats.count(run_at) != n
+            or self.priorities.count(priority) != n
+            or self.max_attempts.count(max_attempts) != n
+            or self.metadata.count(metadata) != n
+        ):
+            return None
+        return {
+            "queue": self.queue,
+            "max_attempts": max_attempts,
+            "run_at": run_at,
+            "priority": priority,
+            "metadata": metadata,
+            "jobs": self.jobs,
+            "ids": list(self.ids),
+            "idempotency_keys": self.idempotency_keys,
+        }
+
+    def lookup(self, undo_ids: list[str] | None) -> FindConflictsParams:
+        """``find_conflicts``' parameters after the INSERT skipped some rows."""
+        return {
+            "undo_ids": undo_ids or [],
+            "ids": list(self.ids),
+            "queue": self.queue,
+            "keys": self.keys,
+        }
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """Metadata serialized as serde_json would (compact), checked against the 8 KiB cap."""
+    if not metadata:
+        return _EMPTY_METADATA
+    return limits.check_metadata_json(to_json(metadata).decode("utf-8"))
+
+
+def batch_of_args(queue: str, args: Iterable[Args], codec: Codec[Args]) -> Batch:
+    """A batch of tasks with a Rust producer's defaults around each of ``args``."""
+    batch = Batch(limits.check_queue(queue))
+    run_at = now_whole_seconds()
+    for value in args:
+        batch.add(codec.encode(value), new_task_id(), run_at, 0, 5, _EMPTY_METADATA, None)
+    return batch
+
+
+def batch_of_tasks(queue: str, tasks: Iterable[Task[Args]], codec: Codec[Args]) -> Batch:
+    """A batch of fully specified tasks; duplicates inside the batch are rejected up front."""
+    batch = Batch(limits.check_queue(queue))
+    for task in tasks:
+        if not isinstance(task, Task):
+            raise InvalidArgument(
+                f"push_task/push_many take Task objects, got {type(task).__name__}; "
+                "wrap the arguments as Task(args=...)"
+            )
+        batch.add(
+            codec.encode(task.args),
+            task.task_id,
+            task.run_at,
+            task.priority,
+            task.max_attempts,
+            metadata_json(task.metadata),
+            task.idempotency_key,
+        )
+    if len(set(batch.ids)) != len(batch.ids):
+        dup = next(i for i, n in Counter(batch.ids).items() if n > 1)
+        raise DuplicateTaskId(OPERATION, dup)
+    if len(set(batch.keys)) != len(batch.keys):
+        # The INSERT would keep the first and skip the rest: an idempotency conflict.
+        raise IdempotencyConflict(batch.queue, [k for k, n in Counter(batch.keys).items() if n > 1])
+    return batch
+
+
+def conflict_error(batch: Batch, inserted: int, found: Iterable[FindConflictsRow]) -> ApalisError:
+    """The error for an INSERT that skipped rows, from the tasks ``find_conflicts`` found.
+
+    A key held on the queue is an idempotency conflict (naming each holder's id), even when
+    the same row also took one of the ids; else a taken id is a duplicate id.
+    """
+    holders: dict[str, TaskId] = {}
+    taken_ids: list[str] = []
+    for row in found:
+        if row.held_key is not None:
+            holders[row.held_key] = TaskId(row.id)
+        else:
+            taken_ids.append(row.id)
+    if holders:
+        collided = [k for k in batch.keys if k in holders]
+        return IdempotencyConflict(batch.queue, collided, {k: holders[k] for k in collided})
+    if taken_ids:
+        ours = set(taken_ids)
+        return DuplicateTaskId(OPERATION, next(i for i in batch.ids if i in ours))
+    return DatabaseError(
+        OPERATION,
+        f"inserted {inserted} of {len(batch.ids)} tasks, yet no task holds their ids or keys "
+        "now (deleted meanwhile, or another unique index on apalis.jobs); nothing was written",
+    )
+
+
+class Plan(enum.Enum):
+    """How a push runs on a connection in a given state."""
+
+    AUTOCOMMIT = "one task on an idle autocommit connection: the INSERT commits on its own"
+    OWN_TRANSACTION = "a batch on an idle autocommit connection: in a transaction of its own"
+    OPENS_TRANSACTION = "the INSERT opens the caller's transaction; rolled back if the push fails"
+    IN_TRANSACTION = "the INSERT joins the caller's transaction; a conflict deletes its own rows"
+    SYNC_FIRST = "the caller's pipeline has pending results: sync, then decide"
+
+
+def plan_for(status: TransactionStatus, autocommit: bool, batch: Batch) -> Plan:
+    """Pick the plan for a push on a connection in ``status``.
+
+    No plan takes a savepoint: a collision is skipped by ``ON CONFLICT DO NOTHING`` and found
+    by a look-up afterwards, so it never aborts a transaction, and a batch that is short
+    deletes the rows it did insert. Any other failure aborts the transaction the INSERT ran
+    in, as any statement's would.
+    """
+    if status == TransactionStatus.INERROR:
+        raise InvalidArgument(
+            "the connection's transaction is aborted by an earlier error: roll it back "
+            "(or back to a savepoint) before pushing"
+        )
+    if status == TransactionStatus.ACTIVE:
+        return Plan.SYNC_FIRST
+    if status == TransactionStatus.UNKNOWN:
+        raise InvalidArgument("the connection is broken or closed")
+    if status == TransactionStatus.IDLE:
+        if not autocommit:
+            return Plan.OPENS_TRANSACTION
+        # One row goes in whole or not at all; more need a transaction to be all or nothing.
+        return Plan.AUTOCOMMIT if len(batch.ids) == 1 else Plan.OWN_TRANSACTION
+    return Plan.IN_TRANSACTION
