@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from apalis_client._push import Batch
-from apalis_client._storage import QueueConfig, StorageBase
+from apalis_client._push import Batch, QueueConfig, StorageBase
 from apalis_client.codec import JSON, Codec
 from apalis_client.producer_async import push_batch_async
 from apalis_client.task import Task, TaskId

@@ -14,8 +14,14 @@ from pydantic import BaseModel, Field
 from ulid import ULID
 
 from apalis_client import IdempotencyConflict, InvalidArgument, JsonCodec, Task
-from apalis_client._push import Plan, batch_of_args, batch_of_tasks, conflict_error, plan_for
-from apalis_client._storage import type_check
+from apalis_client._push import (
+    Plan,
+    batch_of_args,
+    batch_of_tasks,
+    conflict_error,
+    plan_for,
+    type_check,
+)
 from apalis_client.codec import JSON, to_json
 from apalis_client.errors import DatabaseError, DuplicateTaskId
 from apalis_generated.models import FindConflictsRow
