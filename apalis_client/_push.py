@@ -60,6 +60,13 @@ class Batch:
     metadata: list[str] = field(default_factory=list)
     idempotency_keys: list[str | None] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # the non-NULL ones, in order
+    given_ids: bool = False  # whether any id came from the caller rather than a fresh ULID
+
+    @property
+    def may_collide(self) -> bool:
+        """Whether the INSERT can meet a taken key or id: not when every row has a fresh
+        ULID and no key."""
+        return self.given_ids or bool(self.keys)
 
     def add(
         self,
@@ -132,14 +139,9 @@ class Batch:
             "idempotency_keys": self.idempotency_keys,
         }
 
-    def lookup(self, undo_ids: list[str] | None) -> FindConflictsParams:
-        """``find_conflicts``' parameters after the INSERT skipped some rows."""
-        return {
-            "undo_ids": undo_ids or [],
-            "ids": list(self.ids),
-            "queue": self.queue,
-            "keys": self.keys,
-        }
+    def lookup(self) -> FindConflictsParams:
+        """``find_conflicts``' parameters, after the INSERT collided."""
+        return {"ids": list(self.ids), "queue": self.queue, "keys": self.keys}
 
 
 def metadata_json(metadata: dict[str, Any]) -> str:
@@ -176,6 +178,8 @@ def batch_of_tasks(queue: str, tasks: Iterable[Task[Args]], codec: Codec[Args]) 
             metadata_json(task.metadata),
             task.idempotency_key,
         )
+        if "task_id" in task.model_fields_set:
+            batch.given_ids = True
     if len(set(batch.ids)) != len(batch.ids):
         dup = next(i for i, n in Counter(batch.ids).items() if n > 1)
         raise DuplicateTaskId(OPERATION, dup)
@@ -185,8 +189,8 @@ def batch_of_tasks(queue: str, tasks: Iterable[Task[Args]], codec: Codec[Args]) 
     return batch
 
 
-def conflict_error(batch: Batch, inserted: int, found: Iterable[FindConflictsRow]) -> ApalisError:
-    """The error for an INSERT that skipped rows, from the tasks ``find_conflicts`` found.
+def conflict_error(batch: Batch, found: Iterable[FindConflictsRow]) -> ApalisError:
+    """The error for an INSERT that collided, from the tasks ``find_conflicts`` found.
 
     A key held on the queue is an idempotency conflict (naming each holder's id), even when
     the same row also took one of the ids; else a taken id is a duplicate id.
@@ -206,7 +210,7 @@ def conflict_error(batch: Batch, inserted: int, found: Iterable[FindConflictsRow
         return DuplicateTaskId(OPERATION, next(i for i in batch.ids if i in ours))
     return DatabaseError(
         OPERATION,
-        f"inserted {inserted} of {len(batch.ids)} tasks, yet no task holds their ids or keys "
+        f"the INSERT of {len(batch.ids)} task(s) collided, yet no task holds their ids or keys "
         "now (deleted meanwhile, or another unique index on apalis.jobs); nothing was written",
     )
 
@@ -214,20 +218,19 @@ def conflict_error(batch: Batch, inserted: int, found: Iterable[FindConflictsRow
 class Plan(enum.Enum):
     """How a push runs on a connection in a given state."""
 
-    AUTOCOMMIT = "one task on an idle autocommit connection: the INSERT commits on its own"
-    OWN_TRANSACTION = "a batch on an idle autocommit connection: in a transaction of its own"
+    AUTOCOMMIT = "an idle autocommit connection: the INSERT commits on its own"
     OPENS_TRANSACTION = "the INSERT opens the caller's transaction; rolled back if the push fails"
-    IN_TRANSACTION = "the INSERT joins the caller's transaction; a conflict deletes its own rows"
+    IN_TRANSACTION = "the INSERT joins the caller's transaction"
     SYNC_FIRST = "the caller's pipeline has pending results: sync, then decide"
 
 
-def plan_for(status: TransactionStatus, autocommit: bool, batch: Batch) -> Plan:
+def plan_for(status: TransactionStatus, autocommit: bool) -> Plan:
     """Pick the plan for a push on a connection in ``status``.
 
-    No plan takes a savepoint: a collision is skipped by ``ON CONFLICT DO NOTHING`` and found
-    by a look-up afterwards, so it never aborts a transaction, and a batch that is short
-    deletes the rows it did insert. Any other failure aborts the transaction the INSERT ran
-    in, as any statement's would.
+    A single task's INSERT skips a collision (``ON CONFLICT DO NOTHING``), so it never aborts
+    a transaction and needs no savepoint. A batch's INSERT is all or nothing by raising on a
+    collision, so in the caller's transaction a batch that may collide runs in one savepoint.
+    Any other failure aborts the transaction the INSERT ran in, as any statement's would.
     """
     if status == TransactionStatus.INERROR:
         raise InvalidArgument(
@@ -239,10 +242,7 @@ def plan_for(status: TransactionStatus, autocommit: bool, batch: Batch) -> Plan:
     if status == TransactionStatus.UNKNOWN:
         raise InvalidArgument("the connection is broken or closed")
     if status == TransactionStatus.IDLE:
-        if not autocommit:
-            return Plan.OPENS_TRANSACTION
-        # One row goes in whole or not at all; more need a transaction to be all or nothing.
-        return Plan.AUTOCOMMIT if len(batch.ids) == 1 else Plan.OWN_TRANSACTION
+        return Plan.AUTOCOMMIT if autocommit else Plan.OPENS_TRANSACTION
     return Plan.IN_TRANSACTION
 
 

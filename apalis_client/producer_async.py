@@ -2,22 +2,24 @@
 
 In two forms: the sync module is written by codegen's unasync from the ``*_async`` one.
 
-Every push is one INSERT for the whole batch, with no savepoint: PostgreSQL caches 64
-subtransactions per backend and, past that, slows every snapshot on the server, so a request
-that pushes tasks one by one inside one transaction must not open one per push.
+A push is one INSERT for the whole batch. PostgreSQL caches 64 subtransactions per backend
+and, past that, slows every snapshot on the server until the transaction ends, so a request
+that pushes tasks one by one inside one transaction must not open a savepoint per push:
 
-- In your transaction (``async with conn.transaction()``, or after an earlier statement): the
-  task commits or rolls back with your business writes. An idempotency conflict or a
-  duplicate id is skipped by the INSERT (``ON CONFLICT DO NOTHING``), told apart by one
-  look-up, and raised with your transaction still usable; a batch that was short deletes the
-  rows it did insert first. **Any other failure (a statement timeout, a deadlock, a missing
-  schema) aborts your transaction**, as any statement's would: an outbox must not commit a
-  business write whose task failed to insert. Roll back and retry the whole unit of work.
+- A single task's INSERT skips a collision (``ON CONFLICT DO NOTHING``, no conflict target);
+  when it wrote no row, one look-up tells an idempotency conflict from a duplicate id. No
+  savepoint, and your transaction stays usable after either.
+- A batch's INSERT is all or nothing by raising on a collision. In your transaction, a batch
+  that can collide (a key, or an id you chose) runs in one savepoint, so the collision undoes
+  the batch and nothing else; a batch of fresh ids without keys needs none.
+- **Any other failure (a statement timeout, a deadlock, a missing schema) aborts your
+  transaction**, as any statement's would: an outbox must not commit a business write whose
+  task failed to insert. Roll back, and retry the unit of work if you like.
 - On an idle connection without autocommit, the push opens the transaction (psycopg's
   implicit one) and you commit it; if the push fails, it rolls back that transaction, which
-  holds nothing but the push.
-- On an idle autocommit connection, one task commits on its own; a batch runs in a
-  transaction of its own, all or nothing.
+  held nothing but the push. On an idle autocommit connection the INSERT commits on its own.
+- Inside your pipeline (``conn.pipeline()``) a row count is only known at a sync, so a
+  single task goes the way of a batch of one.
 
 NOTIFY reaches workers at commit. Never commits or closes a connection you pass.
 """
@@ -43,66 +45,77 @@ from apalis_client._push import (
     plan_for,
 )
 from apalis_client.codec import JSON, Codec
-from apalis_client.errors import translate_error
+from apalis_client.errors import ApalisError, translate_error
 from apalis_client.task import Task, TaskId
 from apalis_generated import push_async as sql
 
 Args = TypeVar("Args")
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
-_ABORTED = TransactionStatus.INERROR
 
 
 async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> list[TaskId]:
-    """Insert ``batch`` on ``conn``, all or nothing, following its plan (see the module)."""
+    """Insert ``batch`` on ``conn``, all or nothing (see the module for how)."""
     if not batch.ids:
         return []
-    plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    plan = plan_for(conn.info.transaction_status, conn.autocommit)
     if plan is Plan.SYNC_FIRST:
         async with conn.pipeline() as pipeline:
             await pipeline.sync()
-        plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+        plan = plan_for(conn.info.transaction_status, conn.autocommit)
     try:
-        if plan is Plan.OWN_TRANSACTION:
-            async with conn.transaction():
-                await _insert_async(conn, batch)  # a conflict raised here rolls it all back
-        elif plan is Plan.OPENS_TRANSACTION:
-            try:
-                await _insert_async(conn, batch)
-            except Exception:
-                if conn.info.transaction_status in _OPEN:
-                    await conn.rollback()  # the transaction holds nothing but this push
-                raise
+        if len(batch.ids) == 1 and conn.pgconn.pipeline_status == PipelineStatus.OFF:
+            await _push_one_async(conn, batch)
         else:
-            await _insert_async(conn, batch)
+            await _push_many_async(conn, batch, plan)
     except psycopg.Error as exc:
         error = translate_error(OPERATION, exc)
-        if plan is Plan.IN_TRANSACTION and conn.info.transaction_status == _ABORTED:
+        aborted = conn.info.transaction_status == TransactionStatus.INERROR
+        if plan is Plan.IN_TRANSACTION and aborted:
             error.args = (f"{error}; {ABORTED}",)
+        await _end_own_async(conn, plan)
         raise error from exc
+    except ApalisError:
+        await _end_own_async(conn, plan)
+        raise
     return batch.ids
 
 
+async def _push_one_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    if await sql.push_task(conn, **batch.single()) == 0:
+        raise conflict_error(batch, await sql.find_conflicts(conn, **batch.lookup()))
+
+
+async def _push_many_async(conn: psycopg.AsyncConnection[Any], batch: Batch, plan: Plan) -> None:
+    try:
+        if plan is Plan.IN_TRANSACTION and batch.may_collide:
+            async with conn.transaction():  # one savepoint: a collision undoes the batch only
+                await _insert_async(conn, batch)
+        else:
+            # Atomic as a statement: autocommitted, or the first of the transaction it opens.
+            async with conn.pipeline():  # in the caller's pipeline: sync, so errors show here
+                await _insert_async(conn, batch)
+    except psycopg.errors.UniqueViolation as exc:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            if plan is not Plan.OPENS_TRANSACTION:
+                raise  # no savepoint was needed, yet it collided: the caller's transaction is lost
+            await conn.rollback()  # the transaction held only this push; the look-up needs one
+        found = await sql.find_conflicts(conn, **batch.lookup())
+        raise conflict_error(batch, found) from exc
+
+
 async def _insert_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
-    """The INSERT, then, if it skipped rows, the look-up and the error naming the conflict."""
-    undo: list[str] | None = None
-    if len(batch.ids) == 1 and conn.pgconn.pipeline_status == PipelineStatus.OFF:
-        inserted = await sql.push_task(conn, **batch.single())
+    uniform = batch.uniform()
+    if uniform is not None:
+        await sql.push_tasks_uniform(conn, **uniform)
     else:
-        # In the caller's pipeline a row count is only read at a sync: the batch statement
-        # reports its count as a row instead.
-        uniform = batch.uniform()
-        row = await (
-            sql.push_tasks_uniform(conn, **uniform)
-            if uniform is not None
-            else sql.push_tasks(conn, **batch.columns())
-        )
-        inserted = row.inserted if row is not None else 0
-        undo = row.inserted_ids if row is not None else None
-    if inserted == len(batch.ids):
-        return
-    found = await sql.find_conflicts(conn, **batch.lookup(undo))
-    raise conflict_error(batch, inserted, found)
+        await sql.push_tasks(conn, **batch.columns())
+
+
+async def _end_own_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> None:
+    # A push that opened the transaction and failed ends it: it holds nothing but the push.
+    if plan is Plan.OPENS_TRANSACTION and conn.info.transaction_status in _OPEN:
+        await conn.rollback()
 
 
 async def push_with_conn_async(

@@ -168,22 +168,20 @@ def batch_raw(conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[
 def batch_raw_same_statement(
     conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
 ) -> None:
-    # The statement push_many_with_conn picks for a batch of plain arguments, in the
-    # transaction of its own an autocommit connection gets.
-    with conn.transaction():
-        conn.execute(
-            gen.PUSH_TASKS_UNIFORM_SQL,
-            {
-                "queue": QUEUE,
-                "max_attempts": 5,
-                "run_at": _now(),
-                "priority": 0,
-                "metadata": "{}",
-                "jobs": [json.dumps(a, separators=(",", ":")).encode() for a in args],
-                "ids": [t.task_id for t in tasks],
-                "idempotency_keys": [None] * len(tasks),
-            },
-        ).fetchone()
+    # The statement push_many_with_conn picks for a batch of plain arguments.
+    conn.execute(
+        gen.PUSH_TASKS_UNIFORM_SQL,
+        {
+            "queue": QUEUE,
+            "max_attempts": 5,
+            "run_at": _now(),
+            "priority": 0,
+            "metadata": "{}",
+            "jobs": [json.dumps(a, separators=(",", ":")).encode() for a in args],
+            "ids": [t.task_id for t in tasks],
+            "idempotency_keys": [None] * len(tasks),
+        },
+    )
 
 
 def _keyed(tasks: list[Task[Any]]) -> list[Task[Any]]:
@@ -193,7 +191,7 @@ def _keyed(tasks: list[Task[Any]]) -> list[Task[Any]]:
 def batch_apalis_keyed_in_transaction(
     conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
 ) -> None:
-    # No subtransaction: a short batch would delete its own rows.
+    # One savepoint around the batch's INSERT: a collision would undo the batch only.
     with conn.transaction():
         push_many_with_conn(conn, QUEUE, tasks)
 
@@ -201,8 +199,7 @@ def batch_apalis_keyed_in_transaction(
 def batch_raw_keyed_savepoint(
     conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
 ) -> None:
-    # The other way to be all or nothing in the caller's transaction: one subtransaction
-    # (SAVEPOINT, the plain INSERT, RELEASE pipelined; a collision would ROLLBACK TO).
+    # The same done raw: SAVEPOINT, the plain INSERT, RELEASE, pipelined in one round trip.
     with conn.transaction(), conn.pipeline():
         conn.execute(SAVEPOINT)
         conn.execute(
@@ -285,8 +282,8 @@ def batch_procrastinate(url: str, n: int) -> Callable[[], None] | None:
     return run
 
 
-KEYED_BATCH = "apalis push_many_with_conn, {n} keyed tasks, in a transaction"
-RAW_KEYED_SAVEPOINT = "raw keyed unnest INSERT, {n} rows, in a SAVEPOINT (1 subtransaction)"
+KEYED_BATCH = "apalis push_many_with_conn, {n} keyed tasks, in a transaction (1 savepoint)"
+RAW_KEYED_SAVEPOINT = "raw keyed unnest INSERT, {n} rows, in a SAVEPOINT, pipelined"
 
 
 # ---- peak memory of one big push_many ----------------------------------------------------------
@@ -498,8 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{paired(batch, apalis_batch, f'raw unnest INSERT, {n} rows')}",
         f"- push_many_with_conn / raw, same statement: "
         f"{paired(batch, apalis_batch, f'raw, same statement as apalis, {n} rows')}",
-        f"- keyed push_many in a transaction, no subtransaction / raw keyed with one "
-        f"SAVEPOINT: "
+        f"- keyed push_many in a transaction / the same raw, one SAVEPOINT pipelined: "
         f"{paired(batch, KEYED_BATCH.format(n=n), RAW_KEYED_SAVEPOINT.format(n=n))}",
     ]
     if rss:

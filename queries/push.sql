@@ -14,74 +14,48 @@ VALUES (
 )
 ON CONFLICT DO NOTHING;
 
--- name: push_tasks :one
--- Insert a batch of Pending tasks in one statement, each with its own columns. Rows that
--- collide (on the id or the queue's idempotency key) are skipped, not raised. Returns how
--- many went in and, only when that is fewer than given, the ids of those that did, so the
--- caller can delete them again (the batch is all or nothing) without a savepoint.
+-- name: push_tasks :execrows
+-- Insert a batch of Pending tasks in one statement, each with its own columns: all or
+-- nothing. No ON CONFLICT: a row colliding on its id or its queue's idempotency key raises
+-- unique_violation and the statement writes nothing; find_conflicts then names every
+-- collision. Returns the number of rows (all of them).
 -- nullable: idempotency_keys[]
--- not-null: inserted
-WITH inserted AS (
-    INSERT INTO apalis.jobs (
-        job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
-        idempotency_key
-    )
-    SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
-           t.metadata::jsonb, t.idempotency_key
-      FROM unnest(
-               @jobs::bytea[],
-               @ids::text[],
-               @max_attempts::int4[],
-               @run_ats::timestamptz[],
-               @priorities::int4[],
-               @metadata::text[],
-               @idempotency_keys::text[]
-           ) AS t(job, id, max_attempts, run_at, priority, metadata, idempotency_key)
-    ON CONFLICT DO NOTHING
-    RETURNING id
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
+    idempotency_key
 )
-SELECT count(*)::int4 AS inserted,
-       -- A sub-select inside CASE runs only when its branch is taken: a batch that went in
-       -- whole sends no ids back.
-       CASE WHEN count(*) < cardinality(@ids::text[])
-            THEN (SELECT array_agg(id) FROM inserted) END AS inserted_ids
-  FROM inserted;
+SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
+       t.metadata::jsonb, t.idempotency_key
+  FROM unnest(
+           @jobs::bytea[],
+           @ids::text[],
+           @max_attempts::int4[],
+           @run_ats::timestamptz[],
+           @priorities::int4[],
+           @metadata::text[],
+           @idempotency_keys::text[]
+       ) AS t(job, id, max_attempts, run_at, priority, metadata, idempotency_key);
 
--- name: push_tasks_uniform :one
+-- name: push_tasks_uniform :execrows
 -- push_tasks for a batch whose tasks share run_at, priority, max_attempts and metadata (a
 -- push_many of plain arguments, the usual case): only payloads, ids and keys travel as
 -- arrays, the rest once.
 -- nullable: idempotency_keys[]
--- not-null: inserted
-WITH inserted AS (
-    INSERT INTO apalis.jobs (
-        job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
-        idempotency_key
-    )
-    SELECT t.job, t.id, @queue, 'Pending', 0, @max_attempts::int4, @run_at::timestamptz,
-           @priority::int4, @metadata::text::jsonb, t.idempotency_key
-      FROM unnest(@jobs::bytea[], @ids::text[], @idempotency_keys::text[])
-           AS t(job, id, idempotency_key)
-    ON CONFLICT DO NOTHING
-    RETURNING id
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
+    idempotency_key
 )
-SELECT count(*)::int4 AS inserted,
-       CASE WHEN count(*) < cardinality(@ids::text[])
-            THEN (SELECT array_agg(id) FROM inserted) END AS inserted_ids
-  FROM inserted;
+SELECT t.job, t.id, @queue, 'Pending', 0, @max_attempts::int4, @run_at::timestamptz,
+       @priority::int4, @metadata::text::jsonb, t.idempotency_key
+  FROM unnest(@jobs::bytea[], @ids::text[], @idempotency_keys::text[])
+       AS t(job, id, idempotency_key);
 
 -- name: find_conflicts :many
--- After a push inserted fewer rows than it was given: delete the rows it did insert
--- (@undo_ids; none for a single task), and list the tasks it collided with: those holding
--- one of its @ids, or one of its @keys on @queue (held_key: that key, else NULL). The
--- deleted rows are still visible to this statement's own snapshot, hence their exclusion.
-WITH undone AS (
-    DELETE FROM apalis.jobs WHERE id = ANY(@undo_ids::text[])
-)
+-- After a push collided: the tasks holding one of its @ids, or one of its @keys on @queue
+-- (held_key: that key, else NULL). The push itself wrote nothing by then.
 SELECT id,
        CASE WHEN job_type = @queue AND idempotency_key = ANY(@keys::text[])
             THEN idempotency_key END AS held_key
   FROM apalis.jobs
- WHERE (id = ANY(@ids::text[])
-        OR (job_type = @queue AND idempotency_key = ANY(@keys::text[])))
-   AND id <> ALL(@undo_ids::text[]);
+ WHERE id = ANY(@ids::text[])
+    OR (job_type = @queue AND idempotency_key = ANY(@keys::text[]));

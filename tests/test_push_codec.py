@@ -249,7 +249,7 @@ def test_conflict_error_names_held_keys_in_the_order_given_with_their_holders() 
     batch = batch_of_tasks(
         "q", [Task(args=n, idempotency_key=k) for n, k in enumerate("abc")], JSON
     )
-    error = conflict_error(batch, 1, _found(("ID-C", "c"), ("ID-A", "a")))
+    error = conflict_error(batch, _found(("ID-C", "c"), ("ID-A", "a")))
     assert isinstance(error, IdempotencyConflict)
     assert (error.queue, error.keys, error.existing) == (
         "q",
@@ -261,22 +261,22 @@ def test_conflict_error_names_held_keys_in_the_order_given_with_their_holders() 
 def test_conflict_error_prefers_a_held_key_over_a_taken_id() -> None:
     tid = str(ULID())
     batch = batch_of_tasks("q", [Task(args=1, task_id=tid, idempotency_key="k")], JSON)
-    error = conflict_error(batch, 0, _found((tid, None), ("OTHER", "k")))
+    error = conflict_error(batch, _found((tid, None), ("OTHER", "k")))
     assert isinstance(error, IdempotencyConflict) and error.existing == {"k": "OTHER"}
 
 
 def test_conflict_error_is_a_duplicate_id_when_no_key_is_held() -> None:
     tid = str(ULID())
     batch = batch_of_tasks("q", [Task(args=1), Task(args=2, task_id=tid)], JSON)
-    error = conflict_error(batch, 1, _found((tid, None)))
+    error = conflict_error(batch, _found((tid, None)))
     assert isinstance(error, DuplicateTaskId) and error.task_id == tid
 
 
 def test_conflict_error_with_nothing_found_says_what_was_inserted() -> None:
     batch = batch_of_args("q", [1, 2], JSON)
-    error = conflict_error(batch, 1, [])
+    error = conflict_error(batch, [])
     assert isinstance(error, DatabaseError)
-    assert "inserted 1 of 2 tasks" in str(error) and "nothing was written" in str(error)
+    assert "INSERT of 2 task(s) collided" in str(error) and "nothing was written" in str(error)
 
 
 def test_idempotency_conflict_without_holders_still_names_its_keys() -> None:
@@ -343,27 +343,29 @@ def test_a_batch_whose_rows_differ_has_no_uniform_params(second: dict[str, Any])
 
 
 @pytest.mark.parametrize(
-    ("status", "autocommit", "keys", "plan"),
+    ("status", "autocommit", "plan"),
     [
-        (TransactionStatus.IDLE, True, [None], Plan.AUTOCOMMIT),
-        (TransactionStatus.IDLE, True, ["a"], Plan.AUTOCOMMIT),
-        (TransactionStatus.IDLE, True, [None, None], Plan.OWN_TRANSACTION),
-        (TransactionStatus.IDLE, True, ["a", "b"], Plan.OWN_TRANSACTION),
-        (TransactionStatus.INTRANS, True, [None, None], Plan.IN_TRANSACTION),
-        (TransactionStatus.INTRANS, False, ["a"], Plan.IN_TRANSACTION),
-        (TransactionStatus.IDLE, False, [None], Plan.OPENS_TRANSACTION),
-        (TransactionStatus.IDLE, False, ["a", "b"], Plan.OPENS_TRANSACTION),
-        (TransactionStatus.ACTIVE, False, [None], Plan.SYNC_FIRST),
+        (TransactionStatus.IDLE, True, Plan.AUTOCOMMIT),
+        (TransactionStatus.INTRANS, True, Plan.IN_TRANSACTION),
+        (TransactionStatus.INTRANS, False, Plan.IN_TRANSACTION),
+        (TransactionStatus.IDLE, False, Plan.OPENS_TRANSACTION),
+        (TransactionStatus.ACTIVE, False, Plan.SYNC_FIRST),
     ],
 )
-def test_plan_follows_connection_state_and_batch_shape(
-    status: TransactionStatus, autocommit: bool, keys: list[str | None], plan: Plan
+def test_plan_follows_connection_state(
+    status: TransactionStatus, autocommit: bool, plan: Plan
 ) -> None:
-    batch = batch_of_tasks("q", [Task(args=1, idempotency_key=k) for k in keys], JSON)
-    assert plan_for(status, autocommit, batch) is plan
+    assert plan_for(status, autocommit) is plan
+
+
+def test_only_a_batch_with_a_key_or_a_chosen_id_may_collide() -> None:
+    assert not batch_of_args("q", [1, 2], JSON).may_collide
+    assert not batch_of_tasks("q", [Task(args=1), Task(args=2)], JSON).may_collide
+    assert batch_of_tasks("q", [Task(args=1), Task(args=2, idempotency_key="k")], JSON).may_collide
+    assert batch_of_tasks("q", [Task(args=1, task_id=str(ULID()))], JSON).may_collide
 
 
 @pytest.mark.parametrize("status", [TransactionStatus.INERROR, TransactionStatus.UNKNOWN])
 def test_plan_refuses_unusable_connections(status: TransactionStatus) -> None:
     with pytest.raises(InvalidArgument):
-        plan_for(status, False, batch_of_args("q", [1], JSON))
+        plan_for(status, False)
