@@ -634,6 +634,26 @@ def test_notify_is_sent_for_committed_pushes_only(migrated_db: str, open_session
     assert [i for p in payloads for i in p["ids"]] == committed
 
 
+def test_a_collided_batch_notifies_no_one(migrated_db: str, open_session: Open) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as listener:
+        listener.execute(b'LISTEN "apalis::job::insert"')
+        s = open_session(migrated_db)
+        taken = s.push_task("notified", Task(args=0, idempotency_key="taken"))
+        with pytest.raises(IdempotencyConflict):
+            s.push_many(
+                "notified",
+                [Task(args=1, idempotency_key="new"), Task(args=2, idempotency_key="taken")],
+            )
+        after = s.push("notified", 3)
+        s.commit()
+        payloads = [
+            json.loads(n.payload)
+            for n in listener.notifies(timeout=1.0)
+            if n.channel == "apalis::job::insert"
+        ]
+    assert [i for p in payloads for i in p["ids"]] == [taken, after]
+
+
 def test_future_run_at_is_not_claimable_before_it(migrated_db: str, open_session: Open) -> None:
     s = open_session(migrated_db, autocommit=True)
     later = s.push_task(
