@@ -13,8 +13,9 @@ that pushes tasks one by one inside one transaction must not open a savepoint pe
   that can collide (a key, or an id you chose) runs in one savepoint, so the collision undoes
   the batch and nothing else; a batch of fresh ids without keys needs none.
 - **Any other failure (a statement timeout, a deadlock, a missing schema) aborts your
-  transaction**, as any statement's would: an outbox must not commit a business write whose
-  task failed to insert. Roll back, and retry the unit of work if you like.
+  transaction**, as any statement's would, and the error says so: an outbox must not commit a
+  business write whose task failed to insert. Roll back, and retry the unit of work if you
+  like. (A batch inside its savepoint is undone by the savepoint instead.)
 - On an idle connection without autocommit, the push opens the transaction (psycopg's
   implicit one) and you commit it; if the push fails, it rolls back that transaction, which
   held nothing but the push. On an idle autocommit connection the INSERT commits on its own.
