@@ -33,15 +33,14 @@ if TYPE_CHECKING:
         verify_schema,
         verify_schema_async,
     )
-    from apalis_client.producer import (
-        push_many_with_conn,
+    from apalis_client.producer import push_many_with_conn, push_task_with_conn, push_with_conn
+    from apalis_client.producer_async import (
         push_many_with_conn_async,
-        push_task_with_conn,
         push_task_with_conn_async,
-        push_with_conn,
         push_with_conn_async,
     )
-    from apalis_client.storage import AsyncPostgresStorage, PostgresStorage
+    from apalis_client.storage import PostgresStorage
+    from apalis_client.storage_async import AsyncPostgresStorage
     from apalis_client.task import Task, TaskId
     from apalis_client.worker import Worker, WorkerStats
     from apalis_client.worker_logic import Outcome
@@ -76,12 +75,12 @@ _EXPORTS: dict[str, str] = {
     "verify_schema": "apalis_client.migrate",
     "verify_schema_async": "apalis_client.migrate",
     "push_many_with_conn": "apalis_client.producer",
-    "push_many_with_conn_async": "apalis_client.producer",
+    "push_many_with_conn_async": "apalis_client.producer_async",
     "push_task_with_conn": "apalis_client.producer",
-    "push_task_with_conn_async": "apalis_client.producer",
+    "push_task_with_conn_async": "apalis_client.producer_async",
     "push_with_conn": "apalis_client.producer",
-    "push_with_conn_async": "apalis_client.producer",
-    "AsyncPostgresStorage": "apalis_client.storage",
+    "push_with_conn_async": "apalis_client.producer_async",
+    "AsyncPostgresStorage": "apalis_client.storage_async",
     "PostgresStorage": "apalis_client.storage",
     "Task": "apalis_client.task",
     "TaskId": "apalis_client.task",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import errors as pg_errors
+
+if TYPE_CHECKING:
+    from apalis_client.task import TaskId
 
 
 class ApalisError(Exception):
@@ -87,17 +91,31 @@ class MigrationChecksumMismatch(SchemaError):
 
 
 class IdempotencyConflict(ApalisError):
-    """A keyed push collided with tasks already in the queue; nothing of the batch was written."""
+    """A keyed push collided with tasks already in the queue; nothing of the batch was written.
 
-    def __init__(self, queue: str, keys: Sequence[str]) -> None:
-        shown = ", ".join(repr(k) for k in keys[:10])
-        more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
-        super().__init__(
-            f"idempotency conflict on queue {queue!r}: key(s) {shown}{more} already exist; "
-            "the whole batch was undone"
-        )
+    ``keys`` are the colliding keys in the order given; ``existing`` maps each of them to the
+    id of the task that already holds it, when the push could look it up (a push always
+    does; an error translated from a raw unique violation may not).
+    """
+
+    def __init__(
+        self, queue: str, keys: Sequence[str], existing: Mapping[str, TaskId] | None = None
+    ) -> None:
         self.queue = queue
         self.keys = list(keys)
+        self.existing: dict[str, TaskId] = dict(existing or {})
+
+        def one(key: str) -> str:
+            held = self.existing.get(key)
+            return f"{key!r} already queued as {held}" if held else f"{key!r} already taken"
+
+        shown = ", ".join(one(k) for k in self.keys[:10])
+        more = f" and {len(self.keys) - 10} more" if len(self.keys) > 10 else ""
+        what = "key" if len(self.keys) == 1 else "keys"
+        super().__init__(
+            f"idempotency conflict on queue {queue!r}: {what} {shown}{more}; "
+            "the whole batch was undone"
+        )
 
 
 class DuplicateTaskId(ApalisError):

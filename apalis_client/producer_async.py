@@ -1,9 +1,31 @@
-"""Push tasks on a connection you hold: shells running a batch's plan on the connection.
+"""Push tasks on a psycopg connection you hold (the transactional outbox).
 
-Import them from :mod:`apalis_client.producer` (or :mod:`apalis_client`).
+In two forms: the sync module is written by codegen's unasync from the ``*_async`` one.
+
+A push is one INSERT for the whole batch. PostgreSQL caches 64 subtransactions per backend
+and, past that, slows every snapshot on the server until the transaction ends, so a request
+that pushes tasks one by one inside one transaction must not open a savepoint per push:
+
+- A single task's INSERT skips a collision (``ON CONFLICT DO NOTHING``, no conflict target);
+  when it wrote no row, one look-up tells an idempotency conflict from a duplicate id. No
+  savepoint, and your transaction stays usable after either.
+- A batch's INSERT is all or nothing by raising on a collision. In your transaction, a batch
+  that can collide (a key, or an id you chose) runs in one savepoint, so the collision undoes
+  the batch and nothing else; a batch of fresh ids without keys needs none.
+- **Any other failure (a statement timeout, a deadlock, a missing schema) aborts your
+  transaction**, as any statement's would, and the error says so: an outbox must not commit a
+  business write whose task failed to insert. Roll back, and retry the unit of work if you
+  like. (A batch inside its savepoint is undone by the savepoint instead.)
+- On an idle connection without autocommit, the push opens the transaction (psycopg's
+  implicit one) and you commit it; if the push fails, it rolls back that transaction, which
+  held nothing but the push. On an idle autocommit connection the INSERT commits on its own.
+- Inside your pipeline (``conn.pipeline()``) a row count is only known at a sync, so a
+  single task goes the way of a batch of one.
+
+NOTIFY reaches workers at commit. Never commits or closes a connection you pass.
 """
 
-# unasync: the source of producer_sync.py, which `python -m codegen` writes from it.
+# unasync: public
 
 from __future__ import annotations
 
@@ -11,159 +33,90 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 
-from apalis_client import _savepoint
-from apalis_client.batch import (
+from apalis_client._push import (
+    ABORTED,
     OPERATION,
     Batch,
     Plan,
     batch_of_args,
     batch_of_tasks,
-    check_inserted,
-    one_message,
+    conflict_error,
     plan_for,
-    single_outcome,
 )
 from apalis_client.codec import JSON, Codec
-from apalis_client.errors import translate_error
-from apalis_client.producer_logic import (
-    _ROWS,
-    _SAVEPOINT_PLANS,
-    _STATEMENT_PLANS,
-    OneRow,
-    Outcome,
-    _batch_statement,
-    _in_pipeline,
-    _outcome,
-    forget_prepared,
-    is_prepared,
-    mark_prepared,
-    one_row,
-    prepares,
-)
+from apalis_client.errors import ApalisError, translate_error
 from apalis_client.task import Task, TaskId
-from apalis_generated import push_async as gen_async
+from apalis_generated import push_async as sql
 
 Args = TypeVar("Args")
 
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
 
 async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> list[TaskId]:
-    """Insert ``batch`` on ``conn`` following its :func:`~apalis_client.batch.plan_for` plan."""
+    """Insert ``batch`` on ``conn``, all or nothing (see the module for how)."""
     if not batch.ids:
         return []
-    plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
+    plan = plan_for(conn.info.transaction_status, conn.autocommit)
     if plan is Plan.SYNC_FIRST:
         async with conn.pipeline() as pipeline:
             await pipeline.sync()
-        plan = plan_for(conn.info.transaction_status, conn.autocommit, batch)
-    outcome: Outcome
+        plan = plan_for(conn.info.transaction_status, conn.autocommit)
     try:
-        if plan in _STATEMENT_PLANS:
-            sql, params, counts = _batch_statement(batch)
-            async with conn.cursor(row_factory=_ROWS) as cur:
-                await cur.execute(sql, params)
-                outcome = (
-                    single_outcome(batch, cur.rowcount)
-                    if counts
-                    else _outcome(await cur.fetchone())
-                )
-            if plan is Plan.OPEN_TRANSACTION and outcome[0] != len(batch.ids):
-                await conn.rollback()  # the transaction holds only this push
-        elif one_message(plan, batch, _in_pipeline(conn)):
-            outcome = await _push_one_message_async(conn, batch)
-        elif plan is Plan.TRANSACTION:
-            async with conn.transaction():
-                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
-                # Raising here makes psycopg roll the whole batch back.
-                check_inserted(batch, *outcome)
-        elif plan is Plan.SAVEPOINT_ONE_TRIP:
-            # SAVEPOINT, INSERT and RELEASE leave in one message and come back in one: the
-            # INSERT cannot half-succeed here, so the RELEASE need not wait for its result.
-            sql, params, counts = _batch_statement(batch)
-            async with conn.cursor() as ctl, conn.cursor(row_factory=_ROWS) as cur:
-                async with conn.pipeline():
-                    await ctl.execute(_savepoint.SAVEPOINT, prepare=False)
-                    await cur.execute(sql, params)
-                    await ctl.execute(_savepoint.RELEASE, prepare=False)
-                outcome = (
-                    single_outcome(batch, cur.rowcount)
-                    if counts
-                    else _outcome(await cur.fetchone())
-                )
+        if len(batch.ids) == 1 and conn.pgconn.pipeline_status == PipelineStatus.OFF:
+            await _push_one_async(conn, batch)
         else:
-            async with conn.pipeline():
-                await conn.execute(_savepoint.SAVEPOINT)
-                outcome = _outcome(await gen_async.push_tasks(conn, **batch.params()))
-                try:
-                    check_inserted(batch, *outcome)
-                except Exception:
-                    await conn.execute(_savepoint.ROLLBACK_TO)
-                    raise
-                finally:
-                    await conn.execute(_savepoint.RELEASE)
+            await _push_many_async(conn, batch, plan)
     except psycopg.Error as exc:
-        if plan in _SAVEPOINT_PLANS:
-            await _recover_async(conn)
-        elif plan is Plan.OPEN_TRANSACTION:
-            await _roll_back_own_async(conn)
-        raise translate_error(OPERATION, exc) from exc
-    check_inserted(batch, *outcome)
+        error = translate_error(OPERATION, exc)
+        aborted = conn.info.transaction_status == TransactionStatus.INERROR
+        if plan is Plan.IN_TRANSACTION and aborted:
+            error.args = (f"{error}; {ABORTED}",)
+        await _end_own_async(conn, plan)
+        raise error from exc
+    except ApalisError:
+        await _end_own_async(conn, plan)
+        raise
     return batch.ids
 
 
-async def _push_one_message_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Outcome:
-    row = one_row(batch)
-    if not prepares(conn):
-        return await _send_one_message_async(conn, row.plain, batch)
-    if not is_prepared(conn, row):
-        await _prepare_async(conn, row)
+async def _push_one_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    if await sql.push_task(conn, **batch.single()) == 0:
+        raise conflict_error(batch, await sql.find_conflicts(conn, **batch.lookup()))
+
+
+async def _push_many_async(conn: psycopg.AsyncConnection[Any], batch: Batch, plan: Plan) -> None:
     try:
-        return await _send_one_message_async(conn, row.execute, batch)
-    except psycopg.errors.InvalidSqlStatementName:
-        # The session lost our statements (DEALLOCATE ALL, DISCARD ALL): prepare again.
-        await _recover_async(conn)
-        forget_prepared(conn)
-        await _prepare_async(conn, row)
-        return await _send_one_message_async(conn, row.execute, batch)
+        if plan is Plan.IN_TRANSACTION and batch.may_collide:
+            async with conn.transaction():  # one savepoint: a collision undoes the batch only
+                await _insert_async(conn, batch)
+        else:
+            # Atomic as a statement: autocommitted, or the first of the transaction it opens.
+            async with conn.pipeline():  # in the caller's pipeline: sync, so errors show here
+                await _insert_async(conn, batch)
+    except psycopg.errors.UniqueViolation as exc:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            if plan is not Plan.OPENS_TRANSACTION:
+                raise  # no savepoint was needed, yet it collided: the caller's transaction is lost
+            await conn.rollback()  # the transaction held only this push; the look-up needs one
+        found = await sql.find_conflicts(conn, **batch.lookup())
+        raise conflict_error(batch, found) from exc
 
 
-async def _send_one_message_async(
-    conn: psycopg.AsyncConnection[Any], message: bytes, batch: Batch
-) -> Outcome:
-    async with psycopg.AsyncClientCursor(conn) as cur:
-        await cur.execute(message, batch.single_params())
-        cur.nextset()  # SAVEPOINT's result, then the INSERT's
-        return single_outcome(batch, cur.rowcount)
+async def _insert_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    uniform = batch.uniform()
+    if uniform is not None:
+        await sql.push_tasks_uniform(conn, **uniform)
+    else:
+        await sql.push_tasks(conn, **batch.columns())
 
 
-async def _prepare_async(conn: psycopg.AsyncConnection[Any], row: OneRow) -> None:
-    try:
-        await conn.execute(row.prepare)
-    except psycopg.errors.DuplicatePreparedStatement:
-        # Prepared in this session already, under the same hashed name: the same statement.
-        await _recover_async(conn)
-    mark_prepared(conn, row)
-
-
-async def _roll_back_own_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    # The push opened this transaction and failed in it: ending it undoes exactly the push.
-    if conn.info.transaction_status != TransactionStatus.IDLE:
+async def _end_own_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> None:
+    # A push that opened the transaction and failed ends it: it holds nothing but the push.
+    if plan is Plan.OPENS_TRANSACTION and conn.info.transaction_status in _OPEN:
         await conn.rollback()
-
-
-async def _recover_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    # The INSERT failed inside our savepoint: undo it so the caller's transaction goes on.
-    if conn.info.transaction_status != TransactionStatus.INERROR:
-        return
-    try:
-        async with conn.pipeline():
-            await conn.execute(_savepoint.ROLLBACK_TO)
-            await conn.execute(_savepoint.RELEASE)
-    except psycopg.Error:
-        # The savepoint itself never got made; the transaction stays aborted, as it would
-        # without us, and the original error is the one worth reporting.
-        pass
 
 
 async def push_with_conn_async(
@@ -187,5 +140,9 @@ async def push_many_with_conn_async(
     *,
     codec: Codec[Args] = JSON,
 ) -> list[TaskId]:
-    """Push a batch of tasks with one INSERT, all or nothing; returns their ids in order."""
+    """Push a batch of tasks with one INSERT, all or nothing; returns their ids in order.
+
+    ``tasks`` may be any iterable: a generator keeps only the batch's columns in memory, not
+    every ``Task`` at once.
+    """
     return await push_batch_async(conn, batch_of_tasks(queue, tasks, codec))

@@ -1,9 +1,9 @@
 """``AsyncPostgresStorage[Args]``: a typed producer handle for one queue.
 
-Import it from :mod:`apalis_client.storage` (or :mod:`apalis_client`).
+In two forms: the sync module is written by codegen's unasync from the ``*_async`` one.
 """
 
-# unasync: the source of storage_sync.py, which `python -m codegen` writes from it.
+# unasync: public
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from apalis_client.batch import Batch
+from apalis_client._push import Batch, QueueConfig, StorageBase
 from apalis_client.codec import JSON, Codec
 from apalis_client.producer_async import push_batch_async
-from apalis_client.storage_logic import QueueConfig, StorageBase
 from apalis_client.task import Task, TaskId
+
+__all__ = ["AsyncPostgresStorage", "QueueConfig"]
 
 Args = TypeVar("Args")
 
@@ -27,9 +28,14 @@ class AsyncPostgresStorage(StorageBase[Args]):
 
     ``push_with_conn`` / ``push_task_with_conn`` / ``push_many_with_conn`` join the
     transaction of the connection you pass (the outbox): the task commits or rolls back with
-    your business writes, and a failed push (e.g. :class:`IdempotencyConflict`) rolls back only
-    itself. ``push`` / ``push_task`` / ``push_many`` take a connection from ``pool``
-    (``AsyncConnectionPool``) and commit at once. Never commits or closes a connection you pass.
+    your business writes. A conflict (:class:`IdempotencyConflict`, :class:`DuplicateTaskId`)
+    writes nothing and leaves your transaction usable; any other failure aborts it (see
+    :mod:`apalis_client.producer_async`). ``push`` / ``push_task`` / ``push_many`` take a
+    connection from ``pool`` (``AsyncConnectionPool``) and commit at once.
+
+    Arguments that are not of the storage's type (``AsyncPostgresStorage[SendEmail]`` given
+    ``42`` or a dict) raise :class:`InvalidArgument` before any SQL. Never commits or closes a
+    connection you pass.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ One run, one fresh database, every case interleaved run by run (so drift hits th
 each figure is the median and range (min–max) over the runs. Not a timed test.
 
     .venv/bin/python bench/push.py [--url URL] [--runs 11] [--single 1000] [--batch 5000]
-                                      [--batch-reps 3]
+                                      [--batch-reps 3] [--rss-tasks 100000]
 
 With no --url it uses $APALIS_BENCH_DATABASE_URL, else $APALIS_TEST_DATABASE_URL, else a
 throwaway PostgreSQL (as the tests do). Writes bench/results/push.md and push.png.
@@ -50,6 +50,12 @@ SELECT t.job, t.id, %(queue)s, 'Pending', 0, 5, t.run_at, 0, '{}'::jsonb
   FROM unnest(%(jobs)s::bytea[], %(ids)s::text[], %(run_ats)s::timestamptz[])
        AS t(job, id, run_at)
 """
+INSERT_UNNEST_KEYED = """
+INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority,
+                         metadata, idempotency_key)
+SELECT t.job, t.id, %(queue)s, 'Pending', 0, 5, %(run_at)s, 0, '{}'::jsonb, t.key
+  FROM unnest(%(jobs)s::bytea[], %(ids)s::text[], %(keys)s::text[]) AS t(job, id, key)
+"""
 SAVEPOINT = b"SAVEPOINT s"
 RELEASE = b"RELEASE SAVEPOINT s"
 
@@ -71,51 +77,15 @@ Case = Callable[[Conn], None]
 
 
 def apalis_in_transaction(conn: Conn) -> None:
-    # BEGIN, the push (SAVEPOINT; EXECUTE of the prepared INSERT; RELEASE in one message), COMMIT
+    # BEGIN, the push (one INSERT ... ON CONFLICT DO NOTHING, no savepoint), COMMIT
     with conn.transaction():
         push_with_conn(conn, QUEUE, ARGS)
 
 
 def apalis_opens_transaction(conn: Conn) -> None:
-    # psycopg's implicit BEGIN, the push (no savepoint: it opened the transaction), COMMIT
+    # psycopg's implicit BEGIN, the push, COMMIT
     push_with_conn(conn, QUEUE, ARGS)
     conn.commit()
-
-
-# push_with_conn's protocol, done raw (the floor for any Python layer over it): the one-row
-# INSERT (INSERT_ONE's) prepared once per session, then run by EXECUTE inside the savepoint,
-# all in one message.
-_VALUES = (
-    "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, "
-    "priority, metadata, idempotency_key) "
-    "VALUES ({}, 'Pending', 0, 5, {}, 0, '{{}}'::jsonb, NULL)"
-)
-RAW_PREPARE = "PREPARE raw_push AS " + _VALUES.format("$1, $2, $3", "$4")
-EXECUTE_MESSAGE = (
-    "SAVEPOINT apalis_push; EXECUTE raw_push(%s, %s, %s, %s); RELEASE SAVEPOINT apalis_push"
-)
-# The same without the prepared statement: the server parses and plans the INSERT each time.
-ONE_MESSAGE = (
-    "SAVEPOINT apalis_push; "
-    + _VALUES.format("%s, %s, %s", "%s")
-    + "; RELEASE SAVEPOINT apalis_push"
-)
-_raw_prepared: set[int] = set()
-
-
-def raw_push_protocol(conn: Conn) -> None:
-    # BEGIN, then SAVEPOINT + EXECUTE + RELEASE as one simple-protocol message, then COMMIT:
-    # what push_with_conn sends inside a transaction, without the Python layer.
-    if id(conn) not in _raw_prepared:
-        conn.execute(RAW_PREPARE)
-        _raw_prepared.add(id(conn))
-    with conn.transaction(), psycopg.ClientCursor(conn) as cur:
-        cur.execute(EXECUTE_MESSAGE, _row())
-
-
-def raw_unprepared_message(conn: Conn) -> None:
-    with conn.transaction(), psycopg.ClientCursor(conn) as cur:
-        cur.execute(ONE_MESSAGE, _row())
 
 
 def raw_3_trips(conn: Conn) -> None:
@@ -141,6 +111,7 @@ def raw_result_before_commit(conn: Conn) -> None:
 
 
 def raw_savepoint(conn: Conn) -> None:
+    # The push before issue 13: a savepoint (a subtransaction) around each INSERT.
     conn.execute(b"BEGIN")
     conn.execute(SAVEPOINT)
     conn.execute(INSERT_ONE, _row())
@@ -150,16 +121,12 @@ def raw_savepoint(conn: Conn) -> None:
 
 IN_TX = "apalis push_with_conn in `with conn.transaction()` (3 RT)"
 OPENS_TX = "apalis push_with_conn + conn.commit(), the push opens the transaction (3 RT)"
-RAW_PROTOCOL = "raw, push's protocol: BEGIN / SAVEPOINT;EXECUTE;RELEASE / COMMIT (3 RT)"
-RAW_UNPREPARED = "raw, the same with the INSERT itself in the message (parsed every time)"
 RAW_3RT = "raw VALUES: BEGIN / INSERT / COMMIT (3 RT)"
 RAW_PIPELINED = "raw VALUES: pipelined (1 RT)"
 # name, case, autocommit connection?
 SINGLE: list[tuple[str, Case, bool]] = [
     (IN_TX, apalis_in_transaction, True),
     (OPENS_TX, apalis_opens_transaction, False),
-    (RAW_PROTOCOL, raw_push_protocol, True),
-    (RAW_UNPREPARED, raw_unprepared_message, True),
     (RAW_3RT, raw_3_trips, True),
     (RAW_PIPELINED, raw_pipelined, True),
     ("raw VALUES: result read before COMMIT (2 RT)", raw_result_before_commit, True),
@@ -212,8 +179,40 @@ def batch_raw_same_statement(
             "metadata": "{}",
             "jobs": [json.dumps(a, separators=(",", ":")).encode() for a in args],
             "ids": [t.task_id for t in tasks],
+            "idempotency_keys": [None] * len(tasks),
         },
     )
+
+
+def _keyed(tasks: list[Task[Any]]) -> list[Task[Any]]:
+    return [t.model_copy(update={"idempotency_key": t.task_id}) for t in tasks]
+
+
+def batch_apalis_keyed_in_transaction(
+    conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
+) -> None:
+    # One savepoint around the batch's INSERT: a collision would undo the batch only.
+    with conn.transaction():
+        push_many_with_conn(conn, QUEUE, tasks)
+
+
+def batch_raw_keyed_savepoint(
+    conn: psycopg.Connection[Any], tasks: list[Task[Any]], args: list[Any]
+) -> None:
+    # The same done raw: SAVEPOINT, the plain INSERT, RELEASE, pipelined in one round trip.
+    with conn.transaction(), conn.pipeline():
+        conn.execute(SAVEPOINT)
+        conn.execute(
+            INSERT_UNNEST_KEYED,
+            {
+                "queue": QUEUE,
+                "run_at": _now(),
+                "jobs": [json.dumps(a, separators=(",", ":")).encode() for a in args],
+                "ids": [t.task_id for t in tasks],
+                "keys": [t.idempotency_key for t in tasks],
+            },
+        )
+        conn.execute(RELEASE)
 
 
 # Competitors' event loops and connections, closed before the database is dropped.
@@ -283,6 +282,51 @@ def batch_procrastinate(url: str, n: int) -> Callable[[], None] | None:
     return run
 
 
+KEYED_BATCH = "apalis push_many_with_conn, {n} keyed tasks, in a transaction (1 savepoint)"
+RAW_KEYED_SAVEPOINT = "raw keyed unnest INSERT, {n} rows, in a SAVEPOINT, pipelined"
+
+
+# ---- peak memory of one big push_many ----------------------------------------------------------
+# RSS does not depend on the machine's load, so these figures hold from a single run.
+
+RSS_MODES = {
+    "streamed": "tasks from a generator, no key",
+    "streamed-keyed": "tasks from a generator, each with an idempotency key",
+    "list": "a list of Task objects built first (the list itself included), no key",
+    "list-keyed": "a list of Task objects built first, each with a key",
+}
+
+
+def rss_child(mode: str, url: str, n: int) -> int:
+    """Run one push_many of ``n`` tasks in this process and print its peak RSS in MiB."""
+    import resource
+
+    keyed = mode.endswith("keyed")
+
+    def tasks() -> Iterator[Task[Any]]:
+        for i in range(n):
+            yield Task(args=dict(ARGS, n=i), idempotency_key=f"rss-{i}" if keyed else None)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        batch = tasks() if mode.startswith("streamed") else list(tasks())
+        ids = push_many_with_conn(conn, QUEUE, batch)
+        if len(ids) != n:
+            raise RuntimeError(f"pushed {len(ids)} of {n}")
+        conn.execute(b"TRUNCATE apalis.jobs")
+    # ru_maxrss is in KiB on Linux.
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return 0
+
+
+def peak_rss(db: str, mode: str, n: int) -> float:
+    """The peak RSS (MiB) of a fresh process running one push_many of ``n`` tasks."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--rss-child", mode, db, "--rss-tasks", str(n)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return float(done.stdout.split()[-1])
+
+
 # ---- harness ----------------------------------------------------------------------------------
 
 
@@ -310,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=1000, help="transactions per run")
     parser.add_argument("--batch", type=int, default=5000, help="tasks per batch")
     parser.add_argument("--batch-reps", type=int, default=3, help="batches per case and run")
+    parser.add_argument(
+        "--rss-tasks",
+        type=int,
+        default=100_000,
+        help="tasks in the one push_many whose peak RSS is measured (0: skip)",
+    )
+    parser.add_argument("--rss-child", nargs=2, metavar=("MODE", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument(
         "--synchronous-commit",
@@ -317,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         help="set synchronous_commit for the benchmark sessions (e.g. off: no fsync wait)",
     )
     a = parser.parse_args(argv)
+    if a.rss_child:
+        return rss_child(a.rss_child[0], a.rss_child[1], a.rss_tasks)
     url = (
         a.url
         or os.environ.get("APALIS_BENCH_DATABASE_URL")
@@ -355,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         n = a.batch
         batch: dict[str, list[float]] = {}
         cases: list[tuple[str, Callable[[], None]]] = []
-        tasks_box: list[list[Task[Any]]] = [[]]
+        tasks_box: list[list[Task[Any]]] = [[], []]  # plain, keyed
         args = [dict(ARGS, n=i) for i in range(n)]
 
-        def on_batch(fn: BatchCase) -> Callable[[], None]:
-            return lambda: fn(ac, tasks_box[0], args)
+        def on_batch(fn: BatchCase, keyed: bool = False) -> Callable[[], None]:
+            return lambda: fn(ac, tasks_box[keyed], args)
 
         batch_cases: list[tuple[str, BatchCase]] = [
             (f"apalis push_many_with_conn, {n} tasks, autocommit", batch_apalis),
@@ -371,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             (f"raw, same statement as apalis, {n} rows", batch_raw_same_statement),
         ]
         cases += [(name, on_batch(fn)) for name, fn in batch_cases]
+        cases += [
+            (KEYED_BATCH.format(n=n), on_batch(batch_apalis_keyed_in_transaction, keyed=True)),
+            (RAW_KEYED_SAVEPOINT.format(n=n), on_batch(batch_raw_keyed_savepoint, keyed=True)),
+        ]
         for name, make in (
             (f"pgqueuer Queries.enqueue, {n} jobs", batch_pgqueuer),
             (f"procrastinate batch_defer_async, {n} jobs", batch_procrastinate),
@@ -392,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, run in cases:
                     # Fresh Task objects (fresh ids), built outside the clock like raw's rows.
                     tasks_box[0] = [Task(args=x) for x in args]
+                    tasks_box[1] = [Task(args=x, idempotency_key=str(ULID())) for x in args]
                     t0 = time.perf_counter()
                     run()
                     spent[name] += time.perf_counter() - t0
@@ -401,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         for close in CLOSERS:
             close()
         ac.close()
+        rss = {mode: peak_rss(db, mode, a.rss_tasks) for mode in RSS_MODES} if a.rss_tasks else {}
 
     lines = [
         f"push benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {a.runs} runs, "
@@ -424,25 +483,28 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "ratios, run by run (median [min–max]):",
-        f"- push_with_conn in a transaction / raw VALUES pipelined (1 RT, the issue's target): "
+        f"- push_with_conn in a transaction / raw VALUES BEGIN/INSERT/COMMIT (3 RT; target "
+        f">= 0.95): {paired(single, IN_TX, RAW_3RT)}",
+        f"- push_with_conn in a transaction / raw VALUES pipelined (1 RT; target >= 0.9): "
         f"{paired(single, IN_TX, RAW_PIPELINED)}",
-        f"- push_with_conn in a transaction / raw VALUES BEGIN/INSERT/COMMIT (3 RT): "
-        f"{paired(single, IN_TX, RAW_3RT)}",
-        f"- push_with_conn in a transaction / its own protocol done raw: "
-        f"{paired(single, IN_TX, RAW_PROTOCOL)}",
-        f"- raw, push's protocol / raw VALUES pipelined (1 RT): "
-        f"{paired(single, RAW_PROTOCOL, RAW_PIPELINED)}",
-        f"- raw, INSERT in the message unprepared / raw VALUES pipelined (1 RT): "
-        f"{paired(single, RAW_UNPREPARED, RAW_PIPELINED)}",
+        f"- push_with_conn + commit, push opens the transaction / raw BEGIN/INSERT/COMMIT "
+        f"(target >= 0.95): {paired(single, OPENS_TX, RAW_3RT)}",
         f"- push_with_conn + commit, push opens the transaction / raw VALUES pipelined (1 RT): "
         f"{paired(single, OPENS_TX, RAW_PIPELINED)}",
-        f"- push_with_conn + commit, push opens the transaction / raw BEGIN/INSERT/COMMIT (3 RT): "
-        f"{paired(single, OPENS_TX, RAW_3RT)}",
-        f"- push_many_with_conn / raw unnest INSERT: "
+        f"- push_many_with_conn / raw unnest INSERT (target >= 1.0): "
         f"{paired(batch, apalis_batch, f'raw unnest INSERT, {n} rows')}",
         f"- push_many_with_conn / raw, same statement: "
         f"{paired(batch, apalis_batch, f'raw, same statement as apalis, {n} rows')}",
+        f"- keyed push_many in a transaction / the same raw, one SAVEPOINT pipelined: "
+        f"{paired(batch, KEYED_BATCH.format(n=n), RAW_KEYED_SAVEPOINT.format(n=n))}",
     ]
+    if rss:
+        lines += [
+            "",
+            f"peak RSS of one push_many of {a.rss_tasks:,} tasks (a fresh process each; "
+            "target < 150 MiB):",
+        ]
+        lines += [f"- {RSS_MODES[mode]}: {mib:.0f} MiB" for mode, mib in rss.items()]
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -77,7 +77,7 @@ def main(url: str) -> None:
             again = Task(args={"invite": "eve@example.com"}, idempotency_key="invite:eve")
             push_task_with_conn(psycopg_connection(), "invites", again)
         except IdempotencyConflict as exc:
-            print("conflict", exc.keys)
+            print("conflict", exc.keys, "held by", exc.existing["invite:eve"])
         with connection.cursor() as cur:  # the atomic block is still usable
             cur.execute("SELECT email FROM example_django_invites ORDER BY email")
             print("invites", [r[0] for r in cur.fetchall()])

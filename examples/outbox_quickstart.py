@@ -40,8 +40,8 @@ def main(url: str) -> None:
         except RuntimeError:
             print("rolled back bob")
 
-        # 3. An idempotency key makes a retried request harmless: only the push is undone,
-        #    the transaction goes on and commits its other writes.
+        # 3. An idempotency key makes a retried request harmless: the second push writes
+        #    nothing and names the task already queued; the transaction goes on and commits.
         with conn.transaction():
             conn.execute("INSERT INTO users VALUES ('cy@example.com')")
 
@@ -52,7 +52,7 @@ def main(url: str) -> None:
             try:
                 emails.push_task_with_conn(conn, welcome())  # the retried request
             except IdempotencyConflict as exc:
-                print("already queued:", exc.keys)
+                print("already queued:", exc.keys, "as", exc.existing["welcome:cy"])
 
         rows = conn.execute("SELECT count(*) FROM apalis.jobs WHERE job_type = 'emails'")
         print("tasks", rows.fetchone())

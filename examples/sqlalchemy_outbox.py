@@ -62,7 +62,7 @@ def main(url: str) -> None:
         print("rolled back bob")
         with session.begin():
             session.add(User(email="audit@example.com"))
-            try:  # same key again: only the push is undone, the session goes on
+            try:  # same key again: the push writes nothing, the session goes on
                 emails.push_task_with_conn(
                     psycopg_connection(session),
                     Task(
@@ -71,7 +71,7 @@ def main(url: str) -> None:
                     ),
                 )
             except IdempotencyConflict as exc:
-                print("conflict", exc.keys)
+                print("conflict", exc.keys, "held by", exc.existing["welcome:ada@example.com"])
         print("users", session.scalars(select(User.email).order_by(User.email)).all())
     engine.dispose()
 

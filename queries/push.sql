@@ -1,37 +1,9 @@
--- name: push_tasks :one
--- Insert a batch of Pending tasks in one statement. Rows whose (queue,
--- idempotency key) already exists are skipped; the result counts the rows
--- inserted and lists their keys, so the caller can name the keys that collided.
--- nullable: idempotency_keys[]
--- not-null: inserted
-WITH inserted AS (
-    INSERT INTO apalis.jobs (
-        job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
-        idempotency_key
-    )
-    SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
-           t.metadata::jsonb, t.idempotency_key
-      FROM unnest(
-               @jobs::bytea[],
-               @ids::text[],
-               @max_attempts::int4[],
-               @run_ats::timestamptz[],
-               @priorities::int4[],
-               @metadata::text[],
-               @idempotency_keys::text[]
-           ) AS t(job, id, max_attempts, run_at, priority, metadata, idempotency_key)
-    ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING idempotency_key
-)
-SELECT count(*)::int4 AS inserted,
-       array_agg(idempotency_key) FILTER (WHERE idempotency_key IS NOT NULL) AS inserted_keys
-  FROM inserted;
-
 -- name: push_task :execrows
--- Insert one Pending task: a batch of one, without push_tasks' arrays and
--- count. Returns 1, or 0 when its (queue, idempotency key) exists.
+-- Insert one Pending task. Returns 1, or 0 when its id or its (queue, idempotency key) is
+-- already taken: ON CONFLICT DO NOTHING with no conflict target skips a row that collides
+-- on any unique index instead of raising, so the caller's transaction stays usable without
+-- a savepoint. find_conflicts then says which of the two it was.
 -- nullable: idempotency_key
--- prepare: server
 INSERT INTO apalis.jobs (
     job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
     idempotency_key
@@ -40,45 +12,50 @@ VALUES (
     @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority,
     @metadata::text::jsonb, @idempotency_key
 )
-ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
+ON CONFLICT DO NOTHING;
 
--- name: push_task_unkeyed :execrows
--- Insert one Pending task without an idempotency key: push_task without the
--- ON CONFLICT clause (and its speculative insertion), which a NULL key never
--- meets. Returns 1.
--- prepare: server
+-- name: push_tasks :execrows
+-- Insert a batch of Pending tasks in one statement, each with its own columns: all or
+-- nothing. No ON CONFLICT: a row colliding on its id or its queue's idempotency key raises
+-- unique_violation and the statement writes nothing; find_conflicts then names every
+-- collision. Returns the number of rows (all of them).
+-- nullable: idempotency_keys[]
 INSERT INTO apalis.jobs (
-    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
-)
-VALUES (
-    @job, @id, @queue, 'Pending', 0, @max_attempts, @run_at, @priority,
-    @metadata::text::jsonb
-);
-
--- name: push_tasks_unkeyed :execrows
--- Insert a batch of Pending tasks none of which has an idempotency key: no row
--- can be skipped, so no ON CONFLICT and no RETURNING; the row count is the answer.
-INSERT INTO apalis.jobs (
-    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
+    idempotency_key
 )
 SELECT t.job, t.id, @queue, 'Pending', 0, t.max_attempts, t.run_at, t.priority,
-       t.metadata::jsonb
+       t.metadata::jsonb, t.idempotency_key
   FROM unnest(
            @jobs::bytea[],
            @ids::text[],
            @max_attempts::int4[],
            @run_ats::timestamptz[],
            @priorities::int4[],
-           @metadata::text[]
-       ) AS t(job, id, max_attempts, run_at, priority, metadata);
+           @metadata::text[],
+           @idempotency_keys::text[]
+       ) AS t(job, id, max_attempts, run_at, priority, metadata, idempotency_key);
 
 -- name: push_tasks_uniform :execrows
--- Insert a batch of Pending tasks with no idempotency key that share their
--- run_at, priority, max_attempts and metadata (push_many of plain arguments,
--- the usual case): only payloads and ids travel as arrays, the rest once.
+-- push_tasks for a batch whose tasks share run_at, priority, max_attempts and metadata (a
+-- push_many of plain arguments, the usual case): only payloads, ids and keys travel as
+-- arrays, the rest once.
+-- nullable: idempotency_keys[]
 INSERT INTO apalis.jobs (
-    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata,
+    idempotency_key
 )
 SELECT t.job, t.id, @queue, 'Pending', 0, @max_attempts::int4, @run_at::timestamptz,
-       @priority::int4, @metadata::text::jsonb
-  FROM unnest(@jobs::bytea[], @ids::text[]) AS t(job, id);
+       @priority::int4, @metadata::text::jsonb, t.idempotency_key
+  FROM unnest(@jobs::bytea[], @ids::text[], @idempotency_keys::text[])
+       AS t(job, id, idempotency_key);
+
+-- name: find_conflicts :many
+-- After a push collided: the tasks holding one of its @ids, or one of its @keys on @queue
+-- (held_key: that key, else NULL). The push itself wrote nothing by then.
+SELECT id,
+       CASE WHEN job_type = @queue AND idempotency_key = ANY(@keys::text[])
+            THEN idempotency_key END AS held_key
+  FROM apalis.jobs
+ WHERE id = ANY(@ids::text[])
+    OR (job_type = @queue AND idempotency_key = ANY(@keys::text[]));

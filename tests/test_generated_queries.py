@@ -36,7 +36,6 @@ from apalis_generated.models import (
     FunctionsRow,
     IndexesRow,
     Job,
-    PushTasksRow,
     QueueStatsRow,
     ReadQueueStatsSnapshotRow,
     ReenqueueOrphansRow,
@@ -274,10 +273,7 @@ def test_push_tasks_inserts_pending_rows_with_the_given_fields(
 ) -> None:
     run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     task = T(payload=b"\x00\x01raw", max_attempts=3, run_at=run_at, priority=7, metadata='{"a": 1}')
-    result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [task, T()]))
-    assert isinstance(result, PushTasksRow)
-    assert result.inserted == 2
-    assert result.inserted_keys is None
+    assert call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [task, T()])) == 2
     job = find(migrated_db, task.id)
     assert (job.job, job.job_type, job.status, job.attempts, job.max_attempts) == (
         b"\x00\x01raw",
@@ -295,14 +291,14 @@ def test_push_tasks_inserts_pending_rows_with_the_given_fields(
     assert (job.last_result, job.lock_at, job.lock_by, job.done_at) == (None, None, None, None)
 
 
-def test_push_tasks_with_a_colliding_key_counts_and_names_only_the_inserted_keys(
+def test_push_tasks_with_a_colliding_key_fails_and_inserts_nothing(
     flavor: Flavor, migrated_db: str
 ) -> None:
     seed(migrated_db, T(id="OLD", key="k1"))
     batch = [T(id="A", key="k1"), T(id="B", key="k2"), T(id="C")]
-    result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, batch))
-    assert (result.inserted, result.inserted_keys) == (2, ["k2"])
-    assert sql(migrated_db, "SELECT id FROM apalis.jobs ORDER BY id") == [("B",), ("C",), ("OLD",)]
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, batch))
+    assert sql(migrated_db, "SELECT id FROM apalis.jobs ORDER BY id") == [("OLD",)]
 
 
 def one_task_args(task: T, queue: str = Q) -> dict[str, object]:
@@ -342,28 +338,29 @@ def test_push_task_with_a_colliding_key_counts_zero_and_inserts_nothing(
     assert sql(migrated_db, "SELECT id FROM apalis.jobs") == [("OLD",)]
 
 
-def test_push_task_unkeyed_inserts_one_pending_row_without_a_key(
+def test_push_task_with_a_taken_id_counts_zero_without_raising(
     flavor: Flavor, migrated_db: str
 ) -> None:
-    task = T(id="U", priority=3, metadata='{"n": 2}')
-    args = one_task_args(task)
-    del args["idempotency_key"]
-    assert call(flavor, "push", "push_task_unkeyed", migrated_db, **args) == 1
-    job = find(migrated_db, "U")
-    assert (job.status, job.attempts, job.priority, job.idempotency_key) == ("Pending", 0, 3, None)
-    assert job.metadata == {"n": 2}
+    seed(migrated_db, T(id="OLD"))
+    assert call(flavor, "push", "push_task", migrated_db, **one_task_args(T(id="OLD"))) == 0
+    assert sql(migrated_db, "SELECT count(*) FROM apalis.jobs") == [(1,)]
 
 
-def test_push_tasks_unkeyed_inserts_every_row_and_counts_them(
+def test_find_conflicts_lists_the_holders_of_the_ids_and_the_queues_keys(
     flavor: Flavor, migrated_db: str
 ) -> None:
-    tasks = [T(id="A", priority=2), T(id="B", metadata='{"x": true}')]
-    args = push_args(Q, tasks)
-    del args["idempotency_keys"]
-    assert call(flavor, "push", "push_tasks_unkeyed", migrated_db, **args) == 2
-    a, b = find(migrated_db, "A"), find(migrated_db, "B")
-    assert (a.status, a.priority, a.idempotency_key) == ("Pending", 2, None)
-    assert b.metadata == {"x": True}
+    seed(migrated_db, T(id="OLD", key="k1"), T(id="TAKEN"), T(id="UNRELATED", key="k3"))
+    seed(migrated_db, T(id="ELSEWHERE", key="k2"), queue="other")
+    rows = call(
+        flavor,
+        "push",
+        "find_conflicts",
+        migrated_db,
+        ids=["TAKEN", "NEW"],
+        queue=Q,
+        keys=["k1", "k2"],
+    )
+    assert sorted((r.id, r.held_key) for r in rows) == [("OLD", "k1"), ("TAKEN", None)]
 
 
 def test_push_tasks_uniform_gives_every_row_the_shared_columns(
@@ -382,6 +379,7 @@ def test_push_tasks_uniform_gives_every_row_the_shared_columns(
         metadata='{"n": 1}',
         jobs=[b'"a"', b'"b"'],
         ids=["A", "B"],
+        idempotency_keys=[None, None],
     )
     assert inserted == 2
     rows = [find(migrated_db, i) for i in ("A", "B")]
@@ -396,8 +394,7 @@ def test_push_tasks_uniform_gives_every_row_the_shared_columns(
 
 def test_push_tasks_idempotency_keys_are_per_queue(flavor: Flavor, migrated_db: str) -> None:
     seed(migrated_db, T(key="k1"), queue="other")
-    result = call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")]))
-    assert (result.inserted, result.inserted_keys) == (1, ["k1"])
+    assert call(flavor, "push", "push_tasks", migrated_db, **push_args(Q, [T(key="k1")])) == 1
 
 
 def test_push_tasks_with_a_duplicate_id_fails_and_inserts_nothing(

@@ -23,6 +23,7 @@ from ulid import ULID
 import apalis_client
 from apalis_client import (
     AsyncPostgresStorage,
+    DatabaseError,
     DuplicateTaskId,
     IdempotencyConflict,
     InvalidArgument,
@@ -31,7 +32,6 @@ from apalis_client import (
     Task,
 )
 from apalis_generated import keep_alive, lock
-from apalis_generated import push as push_sql
 
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -239,16 +239,25 @@ def test_duplicate_task_id_in_a_transaction_leaves_it_usable(
     assert query(outbox_db, "SELECT id, job FROM apalis.jobs") == [(taken, b'"first"')]
 
 
-def test_missing_schema_says_to_migrate_and_leaves_the_transaction_usable(
+def test_missing_schema_says_to_migrate_and_aborts_the_callers_transaction(
     empty_db: str, open_session: Open, query: Query
 ) -> None:
     s = open_session(empty_db)
     s.execute("CREATE TABLE t (x int)")
+    with pytest.raises(SchemaMissing, match=r"apalis-client migrate.*now aborted: roll it back"):
+        s.push("q", {"a": 1})
+    assert s.status == TransactionStatus.INERROR
+    s.rollback()
+    assert query(empty_db, "SELECT to_regclass('t')") == [(None,)]
+
+
+def test_missing_schema_in_a_transaction_the_push_opened_rolls_it_back(
+    empty_db: str, open_session: Open
+) -> None:
+    s = open_session(empty_db)
     with pytest.raises(SchemaMissing, match="apalis-client migrate"):
         s.push("q", {"a": 1})
-    s.execute("INSERT INTO t VALUES (1)")
-    s.commit()
-    assert query(empty_db, "SELECT x FROM t") == [(1,)]
+    assert s.status == TransactionStatus.IDLE
 
 
 def test_push_on_an_aborted_transaction_is_refused_without_sql(
@@ -318,6 +327,201 @@ def test_concurrent_pushes_of_one_key_yield_exactly_one_row(
         outcomes = asyncio.run(go())
     assert sorted(outcomes) == ["IdempotencyConflict"] * (n - 1) + ["ok"]
     assert count_jobs(query, migrated_db, "q") == 1
+
+
+# ---- no subtransactions -------------------------------------------------------------------------
+
+
+def _xid32(s: Session) -> int:
+    """The caller's transaction id as rows carry it in xmin (32 bits)."""
+    ((full,),) = s.execute("SELECT pg_current_xact_id()::text")
+    return int(full) % 2**32
+
+
+def _xmins(query: Query, url: str, queue: str) -> set[int]:
+    sql = f"SELECT DISTINCT xmin::text FROM apalis.jobs WHERE job_type = '{queue}'"
+    return {int(x) for (x,) in query(url, sql)}
+
+
+def test_a_thousand_pushes_in_one_transaction_use_no_subtransaction_and_commit_together(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    # A row written inside a subtransaction carries the subtransaction's own xid in xmin; a
+    # savepoint per push would leave a thousand distinct ones.
+    s = open_session(outbox_db)
+    with s.transaction():
+        top = _xid32(s)
+        mark(s, "outbox", "many")
+        ids = [s.push("many", n) for n in range(500)]
+        ids += [s.push_task("many", Task(args=n, idempotency_key=f"k{n}")) for n in range(500)]
+        assert count_jobs(query, outbox_db, "many") == 0  # nothing visible before the commit
+    assert count_jobs(query, outbox_db, "many") == 1000
+    assert count_business(query, outbox_db, "many") == 1
+    assert _xmins(query, outbox_db, "many") == {top}
+    assert len(set(ids)) == 1000
+
+
+def test_a_keyed_batch_in_a_transaction_uses_one_subtransaction_and_a_fresh_one_none(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    s.push_task("b", Task(args=0, idempotency_key="taken"))
+    s.commit()
+
+    def xmins(where: str) -> set[int]:
+        sql = f"SELECT DISTINCT xmin::text FROM apalis.jobs WHERE job_type = 'b' AND {where}"
+        return {int(x) for (x,) in query(outbox_db, sql)}
+
+    with s.transaction():
+        top = _xid32(s)
+        s.push_many("b", [Task(args=n, idempotency_key=f"a{n}") for n in range(50)])
+        with pytest.raises(IdempotencyConflict):
+            s.push_many(
+                "b", [Task(args=1, idempotency_key="x"), Task(args=2, idempotency_key="taken")]
+            )
+        s.push_task("b", Task(args=3, idempotency_key="single"))
+        s.push_many("b", [Task(args=n) for n in range(50)])  # fresh ids, no keys: no savepoint
+        mark(s, "after", "b")
+    assert count_jobs(query, outbox_db, "b") == 1 + 50 + 1 + 50
+    keyed_batch = xmins("idempotency_key LIKE 'a%'")
+    assert len(keyed_batch) == 1 and keyed_batch != {top}  # one savepoint for the whole batch
+    assert xmins("idempotency_key IS NULL OR idempotency_key = 'single'") == {top}
+    assert count_business(query, outbox_db, "b") == 1
+
+
+# ---- the existing task --------------------------------------------------------------------------
+
+
+def test_conflict_names_the_task_that_holds_the_key(outbox_db: str, open_session: Open) -> None:
+    s = open_session(outbox_db)
+    holder = s.push_task("q", Task(args=1, idempotency_key="order-42"))
+    s.commit()
+    with s.transaction():
+        with pytest.raises(IdempotencyConflict) as caught:
+            s.push_task("q", Task(args=2, idempotency_key="order-42"))
+        mark(s, "still usable", "q")
+    assert caught.value.existing == {"order-42": holder}
+    assert f"'order-42' already queued as {holder}" in str(caught.value)
+
+
+def test_batch_conflict_names_each_existing_task_in_the_order_given(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(migrated_db, autocommit=True)
+    b = s.push_task("q", Task(args=1, idempotency_key="b"))
+    d = s.push_task("q", Task(args=2, idempotency_key="d"))
+    s.push_task("other", Task(args=3, idempotency_key="a"))  # the same key on another queue
+    batch = [Task(args=n, idempotency_key=k) for n, k in enumerate("dabc")]
+    with pytest.raises(IdempotencyConflict) as caught:
+        s.push_many("q", batch)
+    assert caught.value.keys == ["d", "b"]
+    assert caught.value.existing == {"d": d, "b": b}
+    assert str(caught.value) == (
+        f"idempotency conflict on queue 'q': keys 'd' already queued as {d}, "
+        f"'b' already queued as {b}; the whole batch was undone"
+    )
+    assert count_jobs(query, migrated_db, "q") == 2
+
+
+def test_a_key_pushed_earlier_in_the_same_transaction_is_a_conflict(
+    migrated_db: str, open_session: Open
+) -> None:
+    s = open_session(migrated_db)
+    with s.transaction():
+        first = s.push_task("q", Task(args=1, idempotency_key="k"))
+        with pytest.raises(IdempotencyConflict) as caught:
+            s.push_many("q", [Task(args=2), Task(args=3, idempotency_key="k")])
+    assert caught.value.existing == {"k": first}
+
+
+def test_duplicate_id_in_a_batch_undoes_its_rows_and_leaves_the_transaction_usable(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    s = open_session(outbox_db)
+    taken = s.push("q", "first")
+    s.commit()
+    with s.transaction():
+        with pytest.raises(DuplicateTaskId) as caught:
+            s.push_many("q", [Task(args="new"), Task(args="dup", task_id=taken)])
+        mark(s, "after", "q")
+    assert caught.value.task_id == taken
+    assert count_business(query, outbox_db, "q") == 1
+    assert query(outbox_db, "SELECT id, job FROM apalis.jobs") == [(taken, b'"first"')]
+
+
+# ---- a failure that is no conflict aborts the caller's transaction ------------------------------
+
+
+def test_statement_timeout_during_a_push_aborts_the_transaction_and_writes_nothing(
+    outbox_db: str, open_session: Open, query: Query
+) -> None:
+    # Another transaction holds the key uncommitted, so our INSERT waits on it until the
+    # statement timeout cancels it.
+    with psycopg.connect(outbox_db) as blocker:
+        apalis_client.push_task_with_conn(blocker, "q", Task(args=0, idempotency_key="k"))
+        s = open_session(outbox_db)
+        with s.transaction():
+            mark(s, "business", "q")
+            s.execute("SET LOCAL statement_timeout = '200ms'")
+            with pytest.raises(DatabaseError) as caught:
+                s.push_task("q", Task(args=1, idempotency_key="k"))
+            assert s.status == TransactionStatus.INERROR
+            message = str(caught.value)
+            assert "statement timeout" in message and "now aborted: roll it back" in message
+            with pytest.raises(InvalidArgument, match="aborted"):
+                s.push("q", 2)  # refused without SQL, the transaction being dead
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                mark(s, "more business", "q")
+        blocker.rollback()
+    assert count_business(query, outbox_db, "q") == 0
+    assert count_jobs(query, outbox_db, "q") == 0
+
+
+# ---- the storage's type -------------------------------------------------------------------------
+
+
+class Email(BaseModel):
+    to: str
+
+
+@pytest.mark.parametrize("wrong", [42, {"to": "a"}], ids=["int", "dict"])
+def test_storage_refuses_arguments_not_of_its_type_before_any_sql(
+    migrated_db: str, flavor: Flavor, query: Query, wrong: Any
+) -> None:
+    got = type(wrong).__name__
+    message = rf"PostgresStorage\[Email\] for queue 'emails' takes Email arguments, got {got}"
+    with psycopg.connect(migrated_db) as conn:
+        if flavor.name == "sync":
+            storage = PostgresStorage[Email]("emails")
+            with pytest.raises(InvalidArgument, match=message):
+                storage.push_with_conn(conn, wrong)
+            with pytest.raises(InvalidArgument, match=message):
+                storage.push_many_with_conn(conn, [Task(args=Email(to="a")), Task(args=wrong)])
+        else:
+            astorage = AsyncPostgresStorage[Email]("emails")
+
+            async def go() -> None:
+                async with await psycopg.AsyncConnection.connect(migrated_db) as aconn:
+                    with pytest.raises(InvalidArgument, match="Async" + message):
+                        await astorage.push_with_conn(aconn, wrong)
+                    with pytest.raises(InvalidArgument, match="Async" + message):
+                        await astorage.push_task_with_conn(aconn, Task(args=wrong))
+                    assert aconn.info.transaction_status == TransactionStatus.IDLE
+
+            asyncio.run(go())
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert query(migrated_db, "SELECT count(*) FROM apalis.jobs") == [(0,)]
+
+
+def test_storage_of_a_subclass_checks_its_declared_type(migrated_db: str) -> None:
+    class Emails(PostgresStorage[Email]):
+        pass
+
+    with psycopg.connect(migrated_db) as conn:
+        with pytest.raises(InvalidArgument, match="Emails\\[Email\\]"):
+            Emails("emails").push_with_conn(conn, 42)  # type: ignore[arg-type]
+        Emails("emails").push_with_conn(conn, Email(to="a"))
+        conn.commit()
 
 
 # ---- caps: rejected, nothing written, no SQL sent ---------------------------------------------
@@ -428,6 +632,26 @@ def test_notify_is_sent_for_committed_pushes_only(migrated_db: str, open_session
     assert all(set(p) == {"job_type", "ids"} for p in payloads)
     assert all(p["job_type"] == "notified" for p in payloads)
     assert [i for p in payloads for i in p["ids"]] == committed
+
+
+def test_a_collided_batch_notifies_no_one(migrated_db: str, open_session: Open) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as listener:
+        listener.execute(b'LISTEN "apalis::job::insert"')
+        s = open_session(migrated_db)
+        taken = s.push_task("notified", Task(args=0, idempotency_key="taken"))
+        with pytest.raises(IdempotencyConflict):
+            s.push_many(
+                "notified",
+                [Task(args=1, idempotency_key="new"), Task(args=2, idempotency_key="taken")],
+            )
+        after = s.push("notified", 3)
+        s.commit()
+        payloads = [
+            json.loads(n.payload)
+            for n in listener.notifies(timeout=1.0)
+            if n.channel == "apalis::job::insert"
+        ]
+    assert [i for p in payloads for i in p["ids"]] == [taken, after]
 
 
 def test_future_run_at_is_not_claimable_before_it(migrated_db: str, open_session: Open) -> None:
@@ -603,84 +827,21 @@ def _sent(exchanges: list[list[str]]) -> list[str]:
     return [line for exchange in exchanges for line in exchange if line.startswith("F")]
 
 
-def _prepared_statements(s: Session) -> list[str]:
-    return [r[0] for r in s.execute("SELECT name FROM pg_prepared_statements ORDER BY name")]
-
-
-def test_push_in_a_transaction_is_one_round_trip_savepoint_included(
-    migrated_db: str, open_session: Open
+@pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed"])
+def test_push_in_a_transaction_is_one_round_trip_without_a_savepoint(
+    migrated_db: str, open_session: Open, keyed: bool
 ) -> None:
     s = open_session(migrated_db)
-    with s.transaction():
-        s.push("q", {"n": 0})  # the session's first push in a transaction prepares the INSERT
-    with s.transaction(), s.wire() as exchanges:
-        s.push("q", {"n": 1})
-    assert len(exchanges) == 1
+    s.execute("SELECT 1")  # the caller's transaction is open
+    with s.wire() as exchanges:
+        for n in range(8):  # past psycopg's prepare_threshold: prepared or not, one trip
+            s.push_task("q", Task(args=n, idempotency_key=f"k{n}" if keyed else None))
+    pushes = [e for e in exchanges if any("\tExecute\t" in line for line in e)]
+    assert len(pushes) == 8
+    assert len(exchanges) <= 9  # and psycopg's own Parse, once, when it prepares the INSERT
     sent = "\n".join(_sent(exchanges))
-    words = ("SAVEPOINT", f"EXECUTE {push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME}(", "RELEASE")
-    assert [w for w in words if w in sent] == list(words)
-
-
-def test_first_push_in_a_transaction_prepares_the_insert_once_per_session(
-    migrated_db: str, open_session: Open, query: Query
-) -> None:
-    s = open_session(migrated_db)
-    with s.transaction(), s.wire() as exchanges:
-        s.push("q", {"n": 1})
-        s.push("q", {"n": 2})
-    prepares = [line for line in _sent(exchanges) if "PREPARE " in line]
-    assert len(prepares) == 1
-    assert "SAVEPOINT" in prepares[0]  # a failing PREPARE must not abort the transaction
-    assert push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME in _prepared_statements(s)
-    assert count_jobs(query, migrated_db, "q") == 2
-
-
-def test_keyed_and_unkeyed_pushes_each_prepare_their_own_insert_once(
-    migrated_db: str, open_session: Open, query: Query
-) -> None:
-    s = open_session(migrated_db)
-    with s.transaction(), s.wire() as exchanges:
-        for n in range(3):
-            s.push_task("q", Task(args=n, idempotency_key=f"k{n}"))
-            s.push("q", n)
-    prepares = [line for line in _sent(exchanges) if "PREPARE " in line]
-    assert len(prepares) == 2
-    assert sorted(_prepared_statements(s)) == sorted(
-        [push_sql.PUSH_TASK_PREPARED_NAME, push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME]
-    )
-    assert count_jobs(query, migrated_db, "q") == 6
-
-
-def test_push_prepares_again_after_the_session_dropped_its_statements(
-    outbox_db: str, open_session: Open, query: Query
-) -> None:
-    s = open_session(outbox_db)
-    with s.transaction():
-        s.push("q", "first")
-    assert push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME in _prepared_statements(s)
-    s.commit()
-    with s.transaction():
-        s.execute("DEALLOCATE ALL")
-        mark(s, "before", "q")
-        s.push("q", "second")
-        mark(s, "after", "q")
-    assert count_business(query, outbox_db, "q") == 2
-    assert count_jobs(query, outbox_db, "q") == 2
-    assert push_sql.PUSH_TASK_UNKEYED_PREPARED_NAME in _prepared_statements(s)
-
-
-def test_push_reuses_its_statement_prepared_in_the_session_by_another_client(
-    outbox_db: str, open_session: Open, query: Query
-) -> None:
-    s = open_session(outbox_db)
-    s.execute(push_sql.PUSH_TASK_UNKEYED_PREPARE_SQL)
-    s.commit()
-    with s.transaction():
-        mark(s, "before", "q")
-        s.push("q", "only")
-        mark(s, "after", "q")
-    assert count_business(query, outbox_db, "q") == 2
-    assert query(outbox_db, "SELECT job FROM apalis.jobs") == [(b'"only"',)]
+    assert "SAVEPOINT" not in sent and "PREPARE" not in sent and "EXECUTE " not in sent
+    assert s.status == TransactionStatus.INTRANS
 
 
 def test_push_on_a_connection_without_prepared_statements_prepares_nothing(
@@ -688,12 +849,14 @@ def test_push_on_a_connection_without_prepared_statements_prepares_nothing(
 ) -> None:
     s = open_session(migrated_db)
     s.connection.prepare_threshold = None  # psycopg's setting for PgBouncer-style poolers
-    with s.transaction(), s.wire() as exchanges:
-        s.push("q", {"n": 1})
-    assert len(exchanges) == 1
-    assert not any("PREPARE" in line or "EXECUTE" in line for line in _sent(exchanges))
-    assert _prepared_statements(s) == []
-    assert count_jobs(query, migrated_db, "q") == 1
+    s.execute("SELECT 1")
+    with s.wire() as exchanges:
+        for n in range(8):
+            s.push("q", {"n": n})
+    assert len(exchanges) == 8  # nothing prepared: every push parses, in its one trip
+    assert s.execute("SELECT name FROM pg_prepared_statements") == []
+    s.commit()
+    assert count_jobs(query, migrated_db, "q") == 8
 
 
 def test_push_that_opens_the_transaction_sends_no_savepoint(

@@ -14,16 +14,17 @@ from pydantic import BaseModel, Field
 from ulid import ULID
 
 from apalis_client import IdempotencyConflict, InvalidArgument, JsonCodec, Task
-from apalis_client.batch import (
+from apalis_client._push import (
     Plan,
     batch_of_args,
     batch_of_tasks,
-    check_inserted,
-    collided_keys,
+    conflict_error,
     plan_for,
+    type_check,
 )
 from apalis_client.codec import JSON, to_json
-from apalis_client.errors import DuplicateTaskId
+from apalis_client.errors import DatabaseError, DuplicateTaskId
+from apalis_generated.models import FindConflictsRow
 
 
 class Email(BaseModel):
@@ -241,24 +242,80 @@ def test_non_task_items_are_rejected() -> None:
         batch_of_tasks("q", [{"a": 1}], JSON)  # type: ignore[list-item]
 
 
-def test_collided_keys_is_a_multiset_difference_in_given_order() -> None:
-    assert collided_keys(["a", "b", "c"], ["c", "a"]) == ["b"]
-    assert collided_keys(["a", "b"], None) == ["a", "b"]
+def _found(*rows: tuple[str, str | None]) -> list[FindConflictsRow]:
+    return [FindConflictsRow(id=i, held_key=k) for i, k in rows]
 
 
-def test_check_inserted_names_the_collided_keys() -> None:
+def test_conflict_error_names_held_keys_in_the_order_given_with_their_holders() -> None:
     batch = batch_of_tasks(
-        "q", [Task(args=1, idempotency_key="a"), Task(args=2, idempotency_key="b")], JSON
+        "q", [Task(args=n, idempotency_key=k) for n, k in enumerate("abc")], JSON
     )
-    check_inserted(batch, 2, ["a", "b"])
-    with pytest.raises(IdempotencyConflict) as caught:
-        check_inserted(batch, 1, ["b"])
-    assert (caught.value.queue, caught.value.keys) == ("q", ["a"])
+    error = conflict_error(batch, _found(("ID-C", "c"), ("ID-A", "a")))
+    assert isinstance(error, IdempotencyConflict)
+    assert (error.queue, error.keys, error.existing) == (
+        "q",
+        ["a", "c"],
+        {"a": "ID-A", "c": "ID-C"},
+    )
+
+
+def test_conflict_error_prefers_a_held_key_over_a_taken_id() -> None:
+    tid = str(ULID())
+    batch = batch_of_tasks("q", [Task(args=1, task_id=tid, idempotency_key="k")], JSON)
+    error = conflict_error(batch, _found((tid, None), ("OTHER", "k")))
+    assert isinstance(error, IdempotencyConflict) and error.existing == {"k": "OTHER"}
+
+
+def test_conflict_error_is_a_duplicate_id_when_no_key_is_held() -> None:
+    tid = str(ULID())
+    batch = batch_of_tasks("q", [Task(args=1), Task(args=2, task_id=tid)], JSON)
+    error = conflict_error(batch, _found((tid, None)))
+    assert isinstance(error, DuplicateTaskId) and error.task_id == tid
+
+
+def test_conflict_error_with_nothing_found_says_what_was_inserted() -> None:
+    batch = batch_of_args("q", [1, 2], JSON)
+    error = conflict_error(batch, [])
+    assert isinstance(error, DatabaseError)
+    assert "INSERT of 2 task(s) collided" in str(error) and "nothing was written" in str(error)
+
+
+def test_idempotency_conflict_without_holders_still_names_its_keys() -> None:
+    error = IdempotencyConflict("q", [f"k{n}" for n in range(12)])
+    assert error.existing == {}
+    assert str(error).startswith("idempotency conflict on queue 'q': keys 'k0' already taken")
+    assert "and 2 more; the whole batch was undone" in str(error)
+
+
+class _Model(BaseModel):
+    to: str
+
+
+@pytest.mark.parametrize(
+    ("tp", "ok", "wrong"),
+    [
+        (_Model, _Model(to="a"), {"to": "a"}),
+        (int, 1, "1"),
+        (float, 1, "1.0"),
+        (dict[str, int], {"a": 1}, [("a", 1)]),
+        (int | None, None, 1.5),
+        (str | _Model, "x", 42),
+    ],
+    ids=repr,
+)
+def test_type_check_accepts_its_type_and_refuses_others(tp: Any, ok: Any, wrong: Any) -> None:
+    check = type_check(tp)
+    assert check is not None and check(ok) and not check(wrong)
+
+
+@pytest.mark.parametrize("tp", [Any, object], ids=repr)
+def test_type_check_of_an_open_type_accepts_everything(tp: Any) -> None:
+    assert type_check(tp) is None
 
 
 def test_a_batch_sharing_its_columns_goes_as_uniform_params() -> None:
     batch = batch_of_args("q", [1, 2], JSON)
-    assert batch.uniform_params() == {
+    assert batch.uniform() == {
         "queue": "q",
         "max_attempts": 5,
         "run_at": batch.run_ats[0],
@@ -266,6 +323,7 @@ def test_a_batch_sharing_its_columns_goes_as_uniform_params() -> None:
         "metadata": "{}",
         "jobs": [b"1", b"2"],
         "ids": batch.ids,
+        "idempotency_keys": [None, None],
     }
 
 
@@ -276,38 +334,39 @@ def test_a_batch_sharing_its_columns_goes_as_uniform_params() -> None:
         {"max_attempts": 4},
         {"metadata": {"a": 1}},
         {"run_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
-        {"idempotency_key": "k"},
     ],
     ids=repr,
 )
 def test_a_batch_whose_rows_differ_has_no_uniform_params(second: dict[str, Any]) -> None:
     first = Task(args=1, run_at=datetime(2029, 1, 1, tzinfo=timezone.utc))
     other = Task(args=2, **{"run_at": first.run_at, **second})
-    assert batch_of_tasks("q", [first, other], JSON).uniform_params() is None
+    assert batch_of_tasks("q", [first, other], JSON).uniform() is None
 
 
 @pytest.mark.parametrize(
-    ("status", "autocommit", "keys", "plan"),
+    ("status", "autocommit", "plan"),
     [
-        (TransactionStatus.IDLE, True, [None, None], Plan.STATEMENT),
-        (TransactionStatus.IDLE, True, ["a"], Plan.STATEMENT),
-        (TransactionStatus.IDLE, True, ["a", "b"], Plan.TRANSACTION),
-        (TransactionStatus.INTRANS, True, [None, None], Plan.SAVEPOINT_ONE_TRIP),
-        (TransactionStatus.INTRANS, False, ["a"], Plan.SAVEPOINT_ONE_TRIP),
-        (TransactionStatus.INTRANS, False, ["a", None], Plan.SAVEPOINT_TWO_TRIPS),
-        (TransactionStatus.IDLE, False, [None], Plan.OPEN_TRANSACTION),
-        (TransactionStatus.IDLE, False, ["a", "b"], Plan.OPEN_TRANSACTION),
-        (TransactionStatus.ACTIVE, False, [None], Plan.SYNC_FIRST),
+        (TransactionStatus.IDLE, True, Plan.AUTOCOMMIT),
+        (TransactionStatus.INTRANS, True, Plan.IN_TRANSACTION),
+        (TransactionStatus.INTRANS, False, Plan.IN_TRANSACTION),
+        (TransactionStatus.IDLE, False, Plan.OPENS_TRANSACTION),
+        (TransactionStatus.ACTIVE, False, Plan.SYNC_FIRST),
     ],
 )
-def test_plan_follows_connection_state_and_batch_shape(
-    status: TransactionStatus, autocommit: bool, keys: list[str | None], plan: Plan
+def test_plan_follows_connection_state(
+    status: TransactionStatus, autocommit: bool, plan: Plan
 ) -> None:
-    batch = batch_of_tasks("q", [Task(args=1, idempotency_key=k) for k in keys], JSON)
-    assert plan_for(status, autocommit, batch) is plan
+    assert plan_for(status, autocommit) is plan
+
+
+def test_only_a_batch_with_a_key_or_a_chosen_id_may_collide() -> None:
+    assert not batch_of_args("q", [1, 2], JSON).may_collide
+    assert not batch_of_tasks("q", [Task(args=1), Task(args=2)], JSON).may_collide
+    assert batch_of_tasks("q", [Task(args=1), Task(args=2, idempotency_key="k")], JSON).may_collide
+    assert batch_of_tasks("q", [Task(args=1, task_id=str(ULID()))], JSON).may_collide
 
 
 @pytest.mark.parametrize("status", [TransactionStatus.INERROR, TransactionStatus.UNKNOWN])
 def test_plan_refuses_unusable_connections(status: TransactionStatus) -> None:
     with pytest.raises(InvalidArgument):
-        plan_for(status, False, batch_of_args("q", [1], JSON))
+        plan_for(status, False)

@@ -33,7 +33,7 @@ def test_sqlalchemy_session_push_joins_the_orm_transaction(migrated_db: str, que
     task_id = out[0].removeprefix("committed ")
     assert out[1:] == [
         "rolled back bob",
-        "conflict ['welcome:ada@example.com']",
+        f"conflict ['welcome:ada@example.com'] held by {task_id}",
         "users ['ada@example.com', 'audit@example.com']",
     ]
     rows = query(migrated_db, "SELECT id, job_type, job FROM apalis.jobs")
@@ -55,7 +55,7 @@ def test_django_atomic_push_commits_and_rolls_back_with_it(migrated_db: str, que
     task_id = out[0].removeprefix("committed ")
     assert out[1:] == [
         "rolled back mallory",
-        "conflict ['invite:eve']",
+        f"conflict ['invite:eve'] held by {task_id}",
         "invites ['eve@example.com']",
     ]
     rows = query(migrated_db, "SELECT id, job_type, job FROM apalis.jobs")
@@ -76,7 +76,8 @@ def test_quickstart_commits_rolls_back_and_handles_a_conflict(
 ) -> None:
     out = run_example("outbox_quickstart.py", migrated_db)
     task_id = out[0].removeprefix("committed ")
-    assert out[1:] == ["rolled back bob", "already queued: ['welcome:cy']", "tasks (2,)"]
+    ((cy,),) = query(migrated_db, "SELECT id FROM apalis.jobs WHERE idempotency_key = 'welcome:cy'")
+    assert out[1:] == ["rolled back bob", f"already queued: ['welcome:cy'] as {cy}", "tasks (2,)"]
     assert query(migrated_db, "SELECT email FROM users ORDER BY email") == [
         ("ada@example.com",),
         ("cy@example.com",),

@@ -62,7 +62,7 @@ class Model:
     name: str
     doc: str
     fields: list[Field]
-    kind: str = "row"  # "row", "enum" or "params"
+    kind: str = "row"  # "row", "enum", "params" (a batch's dataclass) or "typeddict"
     members: list[tuple[str, str]] = field(default_factory=list)  # enum: (member, label)
 
     @property
@@ -631,6 +631,19 @@ def build(
                 )
             )
             module.models.add(params_class)
+        elif params:
+            # The keyword arguments as one typed value, for callers that build them apart
+            # from the call (``f(conn, **params)``): mypy checks each key against the query.
+            params_models.append(
+                Model(
+                    b._class(
+                        f"{camel(st.name)}Params", f"the parameters of query {st.name!r}", where
+                    ),
+                    f"The parameters of ``{st.name}``, as its keyword arguments.",
+                    [Field(p.name, p.annotation, p.imports) for p in params],
+                    kind="typeddict",
+                )
+            )
 
         model_name: str | None = None
         if st.command in ("one", "many", "batchone", "batchmany"):
@@ -751,6 +764,8 @@ def _model_imports(models: Sequence[Model]) -> set[str]:
         out.add("from enum import Enum")
     if any(m.kind == "params" for m in models):
         out.add("from dataclasses import dataclass")
+    if any(m.kind == "typeddict" for m in models):
+        out.add("from typing import TypedDict")
     if any(m.columns or m.decoders for m in models):
         out.add("from typing import Any, ClassVar")
         out.add("from collections.abc import Callable")
