@@ -35,7 +35,7 @@ from croniter import croniter
 from apalis_client import limits
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import ApalisError, IdempotencyConflict, InvalidArgument
-from apalis_client.producer import push_task_with_conn_async
+from apalis_client.producer_async import push_task_with_conn_async
 from apalis_client.task import Task
 
 __all__ = [
