@@ -98,7 +98,7 @@ def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
     claim = lock.CLAIM_NEXT_SQL
     ack = ack_q.ACK_SQL
     ack_batch = ack_q.ACK_BATCH_SQL
-    register = keep_alive.REGISTER_WORKER_SQL
+    register = keep_alive.UPSERT_WORKER_SQL
     worker_id, lease = f"bench-raw-{os.getpid()}", str(ULID())
     ok_result = json.dumps({"Ok": None})
     with psycopg.connect(spec["url"], autocommit=True, row_factory=dict_row) as conn:
@@ -110,7 +110,6 @@ def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
                 "storage_name": "PostgresStorage",
                 "layers": "",
                 "lease_token": lease,
-                "orphan_threshold_secs": 300.0,
             },
         ).fetchone()
         if registered is None:
