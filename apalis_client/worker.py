@@ -227,12 +227,13 @@ class _Run:
         # Set when the claim connection was replaced: claims made on the old one may have
         # committed unseen, so the worker reconciles before it claims again.
         self.reconcile_due = False
-        # The post-outage rule: once the database was unreachable, the stale sweep waits
-        # until one orphan threshold after the outage ended (peers get that long to
-        # heartbeat again). outage_seen is set on a failed exchange, sweep_hold_until
-        # (monotonic) by the first heartbeat that succeeds after it.
+        # The post-outage rule (see _note_heartbeat): once this worker could not reach the
+        # database for long, the stale sweep waits one orphan threshold after the outage
+        # ended, so its peers get that long to heartbeat again. outage_seen is set by a
+        # failed exchange; sweep_hold_until (monotonic) by the next successful heartbeat.
         self.outage_seen = False
         self.sweep_hold_until = 0.0
+        self.last_heartbeat = time.monotonic()
 
     def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
         if self.conn is None or self.lease is None:
@@ -583,6 +584,29 @@ class _Run:
         self.stats.lease_lost = True
         self.wake.set()
 
+    def _note_heartbeat(self, lease: Lease) -> None:
+        """A heartbeat succeeded: start the sweep hold if the database was out of reach.
+
+        Out of reach means a failed heartbeat or claim since the last good heartbeat, or a
+        gap since then longer than half the orphan threshold (a partition that made the
+        statements hang rather than fail). Peers were as cut off as we were, so their
+        heartbeats are as old as ours: sweeping now would re-run tasks they still run.
+        """
+        now = time.monotonic()
+        gap, self.last_heartbeat = now - self.last_heartbeat, now
+        long_gap = gap > max(self.cfg.orphan_threshold / 2, 2 * self.cfg.heartbeat_interval)
+        if not (self.outage_seen or long_gap):
+            return
+        self.outage_seen = False
+        self.sweep_hold_until = now + self.cfg.orphan_threshold
+        log.warning(
+            "worker %s: the database was out of reach (%.1fs since the last heartbeat); no "
+            "stale sweep for %gs so that other workers can heartbeat first",
+            lease.worker_id,
+            gap,
+            self.cfg.orphan_threshold,
+        )
+
     def _may_sweep(self) -> bool:
         """The post-outage rule: no stale sweep until peers have had a threshold to heartbeat."""
         return time.monotonic() >= self.sweep_hold_until
@@ -605,15 +629,7 @@ class _Run:
                     self.outage_seen = True
                     log.error("worker %s: heartbeat failed: %s", lease.worker_id, exc)
                     continue
-                if self.outage_seen:
-                    self.outage_seen = False
-                    self.sweep_hold_until = time.monotonic() + self.cfg.orphan_threshold
-                    log.warning(
-                        "worker %s: the database is reachable again; no stale sweep for %.0fs "
-                        "so that other workers can heartbeat first",
-                        lease.worker_id,
-                        self.cfg.orphan_threshold,
-                    )
+                self._note_heartbeat(lease)
                 if not self._may_sweep():
                     continue
                 try:
