@@ -326,7 +326,7 @@ def python_history(url: str, flavor: Flavor) -> None:
     o = Ops(flavor, url)
     lease = o.register_worker("py", "py-w")
     push(url, "py", [1, 2, 3, 4, 5], max_attempts=2)
-    a, b, c, d, e = o.claim_next(lease, batch=5)
+    a, b, c, _d, e = o.claim_next(lease, batch=5)
     o.ack(lease, a, Outcome.success({"n": 1}))
     o.ack(lease, b, Outcome.failure("boom"))
     (b2,) = o.claim_by_ids(lease, [b.id], batch=1)
@@ -350,7 +350,7 @@ def rust_history(url: str) -> None:
     rust = RustWorker(url, "rs", "rs-w")
     assert rust.register()
     push(url, "rs", [1, 2, 3, 4, 5], max_attempts=2)
-    a, b, c, d, e = rust.claim(5)
+    a, b, c, d, _e = rust.claim(5)
     for claim in (a, b, c, d):
         rust.start(claim)
     rust.ack(a, True, {"n": 1})

@@ -6,6 +6,7 @@ they talk to the test database named by $APALIS_TEST_RECORD_URL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -255,10 +256,8 @@ class Proxy:
     @staticmethod
     def _close(pair: tuple[socket.socket, socket.socket]) -> None:
         for sock in pair:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
 
