@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from ulid import ULID
 
 SWEEP_MESSAGE = "Re-enqueued due to worker heartbeat timeout."
@@ -182,7 +183,7 @@ class RustWorker:
                 "AND status IN ('Queued', 'Running')",
                 {
                     "ok": ok,
-                    "result": psycopg.types.json.Jsonb(result),
+                    "result": Jsonb(result),
                     "id": claim.id,
                     "q": self.queue,
                     "w": self.worker_id,

@@ -334,7 +334,8 @@ def python_history(url: str, flavor: Flavor) -> None:
     o.ack(lease, c, Outcome.failure("once"))
     rows(
         url,
-        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL WHERE id = %s RETURNING 1",
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL "
+        "WHERE id = %s RETURNING 1",
         e.id,
     )
     rows(url, "SELECT id FROM apalis.get_jobs('py-w', 'py', 1)")  # e back as a Queued claim
