@@ -167,7 +167,12 @@ class Proxy:
 
     def __init__(self, url: str) -> None:
         params = conninfo_to_dict(url)
-        self.target = ("127.0.0.1", int(params.get("port") or 5432))
+        port = int(params.get("port") or 5432)
+        host = str(params.get("host") or "127.0.0.1").split(",")[0]
+        # A socket directory (the embedded server) or a TCP host.
+        self.target: str | tuple[str, int] = (
+            f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+        )
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = make_conninfo(url, host="127.0.0.1", port=self.listener.getsockname()[1])
         self.lock = threading.Lock()
@@ -214,7 +219,11 @@ class Proxy:
                 client.close()
                 continue
             try:
-                server = socket.create_connection(self.target)
+                if isinstance(self.target, str):
+                    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    server.connect(self.target)
+                else:
+                    server = socket.create_connection(self.target)
             except OSError:
                 client.close()
                 continue
