@@ -399,8 +399,6 @@ class _Run:
                 log.error(
                     "worker %s: %s; retrying in %.1fs", self.w.worker_id, exc, delay, exc_info=True
                 )
-                if self.lease_lost:
-                    continue
                 await asyncio.sleep(delay)
                 await self._reconnect_if_broken()
                 continue
