@@ -1498,21 +1498,36 @@ def test_kill_task_refuses_a_finished_task(flavor: Flavor, migrated_db: str) -> 
 # --- catalog ---------------------------------------------------------------------------------
 
 
-def test_lock_schema_holds_a_session_lock_until_unlock_schema(
+def test_migration_locks_are_held_until_the_transaction_ends(
     flavor: Flavor, migrated_db: str
 ) -> None:
     key = 4242
 
-    def other_session_gets_it() -> bool:
-        got = sql(migrated_db, "SELECT pg_try_advisory_lock(%s)", (key,))[0][0]
-        # The probing connection closes right away, which drops its lock again.
-        return bool(got)
+    def others_get_them() -> tuple[bool, bool]:
+        # The probing connection closes right away, which drops its locks again.
+        ours, rusts = sql(
+            migrated_db,
+            "SELECT pg_try_advisory_lock(%s), "
+            "pg_try_advisory_lock(hashtext('apalis_diesel_postgres'), hashtext('migrations'))",
+            (key,),
+        )[0]
+        return bool(ours), bool(rusts)
 
-    with Gen(flavor, migrated_db) as g:
+    with Gen(flavor, migrated_db, autocommit=False) as g:
+        assert g("catalog", "set_lock_timeout", timeout="5s") is None
+        assert g("catalog", "lock_rust_migrations") is None
         assert g("catalog", "lock_schema", key=key) is None
-        assert not other_session_gets_it()
-        assert g("catalog", "unlock_schema", key=key) is None
-        assert other_session_gets_it()
+        assert others_get_them() == (False, False)
+        g.rollback()
+        assert others_get_them() == (True, True)
+
+
+def test_rust_journal_present_and_versions(flavor: Flavor, migrated_db: str) -> None:
+    assert call(flavor, "catalog", "rust_journal_present", migrated_db).present is True
+    versions = [r.version for r in call(flavor, "catalog", "rust_journal_versions", migrated_db)]
+    assert (len(versions), versions[0], versions[-1]) == (14, "00000000000000", "20260914000000")
+    sql(migrated_db, "DROP SCHEMA apalis_diesel_postgres CASCADE")
+    assert call(flavor, "catalog", "rust_journal_present", migrated_db).present is False
 
 
 def test_relations_lists_the_apalis_tables_and_the_snapshot_view(
@@ -1534,7 +1549,11 @@ def test_record_migration_is_listed_by_applied_migrations(flavor: Flavor, migrat
         assert g("catalog", "record_migration", filename="0000_zz_test.sql", checksum="abc") is None
         after = g("catalog", "applied_migrations")
     assert all(type(r) is AppliedMigrationsRow for r in after)
-    assert [r.filename for r in before] == ["0001_base.sql", "0002_generation14.sql"]
+    assert [r.filename for r in before] == [
+        "0001_base.sql",
+        "0002_generation14.sql",
+        "0003_rust_journal.sql",
+    ]
     assert (after[0].filename, after[0].checksum) == ("0000_zz_test.sql", "abc")
     assert after[1:] == before
 
