@@ -550,6 +550,7 @@ def test_python_migrate_and_a_rust_setup_started_together_both_succeed_ten_times
 ) -> None:
     script = tmp_path / "rust06_setup.sql"
     script.write_text(rust06_setup_text(), encoding="utf-8")
+    firsts: list[str] = []
     for round_no in range(10):
         url = databases.create()
         migrate = subprocess.Popen(
@@ -572,3 +573,11 @@ def test_python_migrate_and_a_rust_setup_started_together_both_succeed_ten_times
         assert_generation14_shape(url, query)
         with psycopg.connect(url, autocommit=True) as conn:
             assert apalis_client.verify_schema(conn).problems == []
+        # Who created the schema went first (for the record: both orders should occur).
+        (python_first,) = query(
+            url,
+            "SELECT n.xmin = m.xmin FROM pg_namespace n, apalis.apalis_client_migrations m "
+            "WHERE n.nspname = 'apalis' AND m.filename = '0001_base.sql'",
+        )[0]
+        firsts.append("python" if python_first else "rust")
+    print("first migrator per round:", firsts)
