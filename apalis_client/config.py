@@ -15,9 +15,12 @@ class WorkerConfig:
     - ``poll_interval``: delay between polls right after work was found (100 ms); each
       empty poll doubles it up to ``max_poll_interval`` (5 s). With ``listen`` on, polling
       is only the fallback (and what finds delayed tasks once due).
-    - ``heartbeat_interval``: seconds between heartbeats and orphan re-enqueues (30 s).
+    - ``heartbeat_interval``: seconds between heartbeats, each followed by the stale sweep
+      (30 s).
     - ``orphan_threshold``: a worker silent this long is dead; its tasks are re-enqueued
-      and its id may be taken over (300 s).
+      and its id may be taken over (300 s). After this worker could not reach the database
+      for more than half of it, it skips the sweep for one threshold so that its peers can
+      heartbeat first.
     - ``batch_size``: most tasks claimed per statement; None means the free slots, at
       most 10 (the Rust claim batch).
     - ``shutdown_timeout``: on stop, how long in-flight tasks may still run before they

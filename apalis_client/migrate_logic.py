@@ -25,8 +25,13 @@ from apalis_client.errors import (
     SchemaError,
 )
 
-# One fixed key so every apalis-client process serializes schema changes.
+# One fixed key so every apalis-client process serializes schema changes; taken after the
+# Rust crate 0.6 setup's own lock (catalog.sql lock_rust_migrations), which every migrator
+# of the schema takes so that a Python migrate and a Rust setup() queue up.
 SCHEMA_LOCK_KEY = 0x61_70_61_6C_69_73  # "apalis"
+#: Default longest wait (seconds) for a lock during migrate before it fails clearly.
+DEFAULT_LOCK_TIMEOUT = 60.0
+RUST_JOURNAL = "apalis_diesel_postgres.__diesel_schema_migrations"
 LEDGER = "apalis_client_migrations"
 _MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 _FUNCTION_BODY = re.compile(r"AS \$function\$(.*)\$function\$", re.DOTALL)
@@ -141,13 +146,14 @@ def pending_migrations(files: list[MigrationFile], applied: list[Row]) -> list[M
     """Return the files still to apply, refusing edited or unknown applied ones."""
     known = {f.filename: f for f in files}
     recorded = {str(r["filename"]): str(r["checksum"]) for r in applied}
+    superseded: dict[str, list[str]] = expected_shape()["superseded_checksums"]
     for name, checksum in recorded.items():
         if name not in known:
             raise SchemaError(
                 f"migration {name} is recorded as applied but this client does not ship it; "
                 "the database was migrated by a newer apalis-client"
             )
-        if known[name].checksum != checksum:
+        if known[name].checksum != checksum and checksum not in superseded.get(name, []):
             raise MigrationChecksumMismatch(name, checksum, known[name].checksum)
     return [f for f in files if f.filename not in recorded]
 
@@ -165,10 +171,50 @@ def _function_problems(name: str, row: Row | None) -> list[str]:
         "source": _function_body(want["file"]),
     }
     for key, value in checks.items():
+        if key == "source" and _accepted_source(name, row[key]):
+            continue
         if row[key] != value:
             shown = "body" if key == "source" else f"{key} {row[key]!r} (expected {value!r})"
             out.append(f"function apalis.{name} differs: {shown}")
     return out
+
+
+def _accepted_source(name: str, source: object) -> bool:
+    """Whether ``source`` is the Rust crate 0.6's own body of ``name`` (same behaviour as ours).
+
+    The Rust setup writes its text over ours and ours over its; recognising its body keeps
+    migrate from rewriting the function on every boot of either side.
+    """
+    if not isinstance(source, str):
+        return False
+    accepted: list[str] = expected_shape()["accepted_function_sources"].get(name, [])
+    return hashlib.sha256(source.encode()).hexdigest() in accepted
+
+
+def _constraint_problem(name: str, row: Row | None) -> str | None:
+    want = expected_shape()["constraints"][name]
+    if row is None:
+        return f"constraint {name} is missing"
+    if not row["validated"]:
+        return f"constraint {name} is NOT VALID (rows were never checked against it)"
+    if row["deferrable"]:
+        return f"constraint {name} is DEFERRABLE (it must be checked at once)"
+    if row["definition"] != want:
+        return f"constraint {name} differs: {row['definition']!r} (expected {want!r})"
+    return None
+
+
+def _index_problem(name: str, row: Row | None) -> str | None:
+    want = expected_shape()["indexes"][name]
+    if row is None:
+        return f"index {name} is missing"
+    if not row["valid"]:
+        return f"index {name} is invalid (a failed CREATE INDEX CONCURRENTLY?); rebuild it"
+    if not row["ready"]:
+        return f"index {name} is not ready for inserts; rebuild it"
+    if row["definition"] != want:
+        return f"index {name} differs: {row['definition']!r} (expected {want!r})"
+    return None
 
 
 def _trigger_problems(name: str, row: Row | None) -> list[str]:
@@ -186,7 +232,7 @@ def drifted_files(catalog: Mapping[str, list[Row]]) -> list[str]:
     """Return the repeatable files to re-apply: functions, then trigger, then indexes."""
     shape = expected_shape()
     functions, triggers = by_name(catalog["functions"]), by_name(catalog["triggers"])
-    indexes = by_name(catalog["indexes"])
+    indexes, constraints = by_name(catalog["indexes"]), by_name(catalog["constraints"])
     out = [
         want["file"]
         for name, want in shape["functions"].items()
@@ -200,13 +246,25 @@ def drifted_files(catalog: Mapping[str, list[Row]]) -> list[str]:
     out += [
         relpath
         for name, relpath in shape["repeatable_index_files"].items()
-        if name not in indexes or indexes[name]["definition"] != shape["indexes"][name]
+        if _index_problem(name, indexes.get(name)) is not None
+    ]
+    # Only when absent or different: re-adding a right one scans the table under a lock.
+    out += [
+        relpath
+        for name, relpath in shape["repeatable_constraint_files"].items()
+        if _constraint_problem(name, constraints.get(name)) is not None
     ]
     return out
 
 
-def schema_problems(catalog: Mapping[str, list[Row]], applied: list[Row] | None) -> list[str]:
-    """Name every object missing or different from generation 14, and unapplied migrations."""
+def schema_problems(
+    catalog: Mapping[str, list[Row]],
+    applied: list[Row] | None,
+    rust_journal: list[str] | None = None,
+) -> list[str]:
+    """Name every object missing or different from generation 14, unapplied migrations, and
+    a Rust crate 0.6 journal (``rust_journal``: its versions, None when absent) that a Rust
+    service's own verify would refuse."""
     shape = expected_shape()
     problems: list[str] = []
     relations = {str(r["name"]): str(r["kind"]) for r in catalog["relations"]}
@@ -228,18 +286,15 @@ def schema_problems(catalog: Mapping[str, list[Row]], applied: list[Row] | None)
                 problems.append(
                     f"column apalis.{table}.{name} is {have.get(name)!r}, expected {spec!r}"
                 )
-    for kind in ("constraints", "indexes"):
-        have_defs = {n: str(r["definition"]) for n, r in by_name(catalog[kind]).items()}
-        for name, definition in shape[kind].items():
-            if name not in have_defs:
-                problems.append(
-                    f"{kind[:-1] if kind == 'constraints' else 'index'} {name} is missing"
-                )
-            elif have_defs[name] != definition:
-                problems.append(
-                    f"{'constraint' if kind == 'constraints' else 'index'} {name} differs: "
-                    f"{have_defs[name]!r} (expected {definition!r})"
-                )
+    constraints, indexes = by_name(catalog["constraints"]), by_name(catalog["indexes"])
+    for name in shape["constraints"]:
+        problem = _constraint_problem(name, constraints.get(name))
+        if problem is not None:
+            problems.append(problem)
+    for name in shape["indexes"]:
+        problem = _index_problem(name, indexes.get(name))
+        if problem is not None:
+            problems.append(problem)
     functions, triggers = by_name(catalog["functions"]), by_name(catalog["triggers"])
     for name in shape["functions"]:
         problems += _function_problems(name, functions.get(name))
@@ -254,13 +309,33 @@ def schema_problems(catalog: Mapping[str, list[Row]], applied: list[Row] | None)
             problems.append(str(exc))
         else:
             problems += [f"migration {f.filename} is not applied" for f in pending]
+    if rust_journal is None:
+        problems.append(
+            f"the Rust crate's migration journal {RUST_JOURNAL} is missing (a Rust 0.6 "
+            "verify_schema refuses the database): run `apalis-client migrate`"
+        )
+    else:
+        missing = [v for v in shape["rust_journal_versions"] if v not in rust_journal]
+        if missing:
+            problems.append(
+                f"the Rust crate's migration journal {RUST_JOURNAL} lacks versions "
+                f"{', '.join(missing)} (a Rust 0.6 setup() applies them)"
+            )
     return problems
 
 
 @contextmanager
-def _translate(operation: str) -> Iterator[None]:
+def _translate(operation: str, lock_timeout: float | None = None) -> Iterator[None]:
     try:
         yield
+    except psycopg.errors.LockNotAvailable as exc:
+        raise DatabaseError(
+            operation,
+            f"a lock was not granted within lock_timeout={lock_timeout:g}s: another migrator "
+            "(a Rust setup() or another apalis-client migrate) or a long transaction on the "
+            "apalis tables holds it; nothing was changed. Retry, or pass a longer "
+            f"lock_timeout ({str(exc).strip()})",
+        ) from exc
     except psycopg.Error as exc:
         raise DatabaseError(operation, str(exc).strip() or type(exc).__name__) from exc
 
@@ -268,9 +343,15 @@ def _translate(operation: str) -> Iterator[None]:
 def _check_idle(status: psycopg.pq.TransactionStatus, operation: str) -> None:
     if status != psycopg.pq.TransactionStatus.IDLE:
         raise InvalidArgument(
-            f"{operation} needs a connection outside any transaction (it takes a session "
-            f"advisory lock and runs its own transaction); connection status is {status.name}"
+            f"{operation} needs a connection outside any transaction (it runs everything in "
+            f"one transaction of its own); connection status is {status.name}"
         )
+
+
+def _lock_timeout_setting(lock_timeout: float) -> str:
+    if not lock_timeout > 0:
+        raise InvalidArgument(f"lock_timeout must be positive seconds, got {lock_timeout}")
+    return f"{max(1, round(lock_timeout * 1000))}ms"
 
 
 def _as_rows(found: Mapping[str, Sequence[BaseModel]]) -> dict[str, list[Row]]:

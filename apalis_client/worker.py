@@ -87,7 +87,15 @@ class Worker:
     first parameter is annotated with (a pydantic model, a dataclass, ``dict``, …;
     unannotated means the plain JSON value). Its return value is stored as
     ``{"Ok": value}``; an exception as ``{"Err": "Type: message"}`` (a failed attempt,
-    retried while attempts remain). A payload that does not decode is killed at once.
+    retried while attempts remain). A payload that does not decode is a failed attempt
+    too, ``{"Err": "<decode error>"}`` (Killed once attempts run out), as in the Rust crate.
+
+    The worker registers as a Rust 0.6 worker does (stale sweep, then registration), and
+    on every stop (normal end, SIGTERM/SIGINT, ``until_idle``, ``max_tasks``, or a crash
+    of its own loop) it acks what finished and then releases its registration: what it
+    still holds goes back to Pending and the id can be registered again at once. After
+    registering and after every reconnect it reconciles: claims in its name that it is
+    not running (a claim whose reply was lost) are handed back.
 
     ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
     ``worker.stop()`` (any thread) asks for a graceful stop.
@@ -152,7 +160,7 @@ class Worker:
             self._loop = None
 
     def stop(self) -> None:
-        """Ask the worker to stop claiming, finish in-flight tasks, ack them and deregister."""
+        """Ask the worker to stop claiming, finish in-flight tasks, ack them and release."""
         self._stop_requested.set()
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
@@ -217,6 +225,16 @@ class _Run:
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.lease: Lease | None = None
         self.poll_now = False
+        # Set when the claim connection was replaced: claims made on the old one may have
+        # committed unseen, so the worker reconciles before it claims again.
+        self.reconcile_due = False
+        # The post-outage rule (see _note_heartbeat): once this worker could not reach the
+        # database for long, the stale sweep waits one orphan threshold after the outage
+        # ended, so its peers get that long to heartbeat again. outage_seen is set by a
+        # failed exchange; sweep_hold_until (monotonic) by the next successful heartbeat.
+        self.outage_seen = False
+        self.sweep_hold_until = 0.0
+        self.last_heartbeat = time.monotonic()
 
     def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
         if self.conn is None or self.lease is None:
@@ -236,6 +254,7 @@ class _Run:
                 self.w.worker_id,
                 orphan_threshold=self.cfg.orphan_threshold,
             )
+            await ops.reconcile_worker_async(self.conn, self.lease, [])
             if not self.w.spec.is_async:
                 self.executor = ThreadPoolExecutor(
                     max_workers=self.w.concurrency, thread_name_prefix=f"apalis-{self.w.queue}"
@@ -262,6 +281,12 @@ class _Run:
             )
             await self._claim_loop()
             await self._drain()
+        except BaseException:
+            if self.lease is not None:
+                # The loop itself failed: ack what finished; the rest is released below.
+                log.exception("worker %s: the worker loop failed", self.w.worker_id)
+                await self._flush_acks_logged()
+            raise
         finally:
             for task in background:
                 task.cancel()
@@ -278,10 +303,12 @@ class _Run:
             self.executor.shutdown(wait=False, cancel_futures=True)
         if self.conn is not None:
             if self.lease is not None and not self.lease_lost:
+                await self._reconnect_if_broken()
                 try:
-                    await ops.deregister_worker_async(self.conn, self.lease)
+                    await ops.release_worker_async(self.conn, self.lease)
                 except ApalisError as exc:
-                    log.warning("worker %s: could not deregister: %s", self.w.worker_id, exc)
+                    # What it still holds is handed back by the stale sweep later.
+                    log.warning("worker %s: could not release: %s", self.w.worker_id, exc)
             await self.conn.close()
         log.info(
             "worker %s stopped: %d done, %d failed, %d killed, %d stale",
@@ -321,6 +348,8 @@ class _Run:
                 await asyncio.sleep(0)
             self.wake.clear()
             try:
+                if self.reconcile_due:
+                    await self._reconcile()
                 if self._should_stop_claiming():
                     await self._flush_acks()
                     return
@@ -409,9 +438,9 @@ class _Run:
         try:
             args = spec.decode(job.job)
         except ValueError as exc:
-            # The same bytes will never decode: retrying would fail forever.
-            log.error("task %s killed: %s", job.id, exc)
-            self.completed.append((job, Outcome.kill(str(exc))))
+            # A failed attempt, as a Rust worker records it (Killed once attempts run out).
+            log.error("task %s failed: %s", job.id, exc)
+            self.completed.append((job, Outcome.failure(str(exc))))
             return
         if spec.is_async:
             task = asyncio.ensure_future(_call_async(spec, args))
@@ -526,11 +555,65 @@ class _Run:
     async def _reconnect_if_broken(self) -> None:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
             return
+        self.outage_seen = True
         try:
             self.conn = await _connect(self.w.conninfo)
             log.info("worker %s: reconnected", self.w.worker_id)
         except ConnectionFailed as exc:
             log.error("worker %s: reconnect failed: %s", self.w.worker_id, exc)
+            return
+        self.reconcile_due = True
+
+    async def _reconcile(self) -> None:
+        """Hand back the claims in our name we are not running (claimed on a lost connection).
+
+        What runs and what waits for its ack is kept; so is nothing else.
+        """
+        conn, lease = self._db()
+        keep = [job.id for job in self.in_flight.values()]
+        keep += [job.id for job, _ in self.completed]
+        try:
+            await ops.reconcile_worker_async(conn, lease, keep)
+        except WorkerNotRegistered:
+            self._lose_lease(lease)
+            return
+        self.reconcile_due = False
+
+    def _lose_lease(self, lease: Lease) -> None:
+        log.error(
+            "worker %s: lease lost (another process took over the registration); stopping claiming",
+            lease.worker_id,
+        )
+        self.lease_lost = True
+        self.stats.lease_lost = True
+        self.wake.set()
+
+    def _note_heartbeat(self, lease: Lease) -> None:
+        """A heartbeat succeeded: start the sweep hold if the database was out of reach.
+
+        Out of reach means a failed heartbeat or claim since the last good heartbeat, or a
+        gap since then longer than half the orphan threshold (a partition that made the
+        statements hang rather than fail). Peers were as cut off as we were, so their
+        heartbeats are as old as ours: sweeping now would re-run tasks they still run.
+        """
+        now = time.monotonic()
+        gap, self.last_heartbeat = now - self.last_heartbeat, now
+        long_gap = gap > max(self.cfg.orphan_threshold / 2, 2 * self.cfg.heartbeat_interval)
+        if not (self.outage_seen or long_gap):
+            return
+        self.outage_seen = False
+        self.sweep_hold_until = now + self.cfg.orphan_threshold
+        log.warning(
+            "worker %s: the database was out of reach (%.1fs since the last heartbeat); no "
+            "stale sweep for %gs so that other workers can heartbeat first",
+            lease.worker_id,
+            gap,
+            self.cfg.orphan_threshold,
+        )
+
+    def _may_sweep(self) -> bool:
+        """The post-outage rule: no stale sweep until peers have had a threshold to heartbeat."""
+        return time.monotonic() >= self.sweep_hold_until
 
     # -- background ------------------------------------------------------------------------
 
@@ -543,21 +626,22 @@ class _Run:
                     if conn is None or conn.closed or conn.broken:
                         conn = await _connect(self.w.conninfo)
                     await ops.heartbeat_async(conn, lease)
+                except WorkerNotRegistered:
+                    self._lose_lease(lease)
+                    return
+                except ApalisError as exc:
+                    self.outage_seen = True
+                    log.error("worker %s: heartbeat failed: %s", lease.worker_id, exc)
+                    continue
+                self._note_heartbeat(lease)
+                if not self._may_sweep():
+                    continue
+                try:
                     await ops.reenqueue_orphans_async(
                         conn, lease.queue, orphan_threshold=self.cfg.orphan_threshold
                     )
-                except WorkerNotRegistered:
-                    log.error(
-                        "worker %s: lease lost (another process took over the registration); "
-                        "stopping claiming",
-                        lease.worker_id,
-                    )
-                    self.lease_lost = True
-                    self.stats.lease_lost = True
-                    self.wake.set()
-                    return
                 except ApalisError as exc:
-                    log.error("worker %s: heartbeat failed: %s", lease.worker_id, exc)
+                    log.error("worker %s: stale sweep failed: %s", lease.worker_id, exc)
         finally:
             if conn is not None:
                 await conn.close()

@@ -27,8 +27,13 @@ MAX_CLAIM_BATCH = 10
 #: What the Rust backend writes into ``apalis.workers.storage_name``; the Python worker uses
 #: the same storage, so it says the same.
 STORAGE_NAME = "PostgresStorage"
-#: The message the orphan re-enqueue writes (kept here for callers that compare results).
+#: The message the stale sweep and a takeover write (kept here for callers that compare
+#: results); the Rust crate writes the same.
 HEARTBEAT_TIMEOUT_MESSAGE = "Re-enqueued due to worker heartbeat timeout."
+#: The message a release (graceful stop) and a reconciliation write on a charged row.
+RELEASE_MESSAGE = "Re-enqueued because the worker released its registration."
+#: Most rows (and most stale workers) one stale sweep recovers, as in the Rust crate.
+SWEEP_ROW_LIMIT = 1000
 
 OutcomeStatus = Literal["Done", "Failed", "Killed"]
 

@@ -1,4 +1,4 @@
-"""Low-level worker operations: register, claim, lock, ack, heartbeat, re-enqueue, deregister.
+"""Low-level worker operations: register, claim, lock, ack, heartbeat, sweep, reconcile, release.
 
 Each operation exists twice, ``name`` (``psycopg.Connection``) and ``name_async``
 (``psycopg.AsyncConnection``), as thin shells over the I/O-free helpers of
@@ -13,7 +13,11 @@ A user can build a custom loop from these::
     lease = register_worker(conn, "emails", "mailer-1")
     for task in claim_next(conn, lease, batch=10):
         ack(conn, lease, task, Outcome.success({"sent": True}))
-    deregister_worker(conn, lease)
+    release_worker(conn, lease)
+
+``register_untokened`` registers an id without a lease token (admin tools, legacy
+``apalis.get_jobs`` clients); ``reconcile_worker`` hands back the claims in the worker's
+name it is not running (after a reconnect or a restart under the same id).
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from apalis_client.worker_ops_async import (
     deregister_worker_async,
     heartbeat_async,
     lock_task_async,
+    reconcile_worker_async,
     reenqueue_orphans_async,
+    register_untokened_async,
     register_worker_async,
+    release_worker_async,
 )
 from apalis_client.worker_ops_logic import LAYERS, AckReport, Lease, OrphanReport
 from apalis_client.worker_ops_sync import (
@@ -41,8 +48,11 @@ from apalis_client.worker_ops_sync import (
     deregister_worker,
     heartbeat,
     lock_task,
+    reconcile_worker,
     reenqueue_orphans,
+    register_untokened,
     register_worker,
+    release_worker,
 )
 from apalis_generated.models import Job
 
@@ -69,8 +79,14 @@ __all__ = [
     "heartbeat_async",
     "lock_task",
     "lock_task_async",
+    "reconcile_worker",
+    "reconcile_worker_async",
     "reenqueue_orphans",
     "reenqueue_orphans_async",
+    "register_untokened",
+    "register_untokened_async",
     "register_worker",
     "register_worker_async",
+    "release_worker",
+    "release_worker_async",
 ]

@@ -13,11 +13,13 @@ from typing import Any
 
 import psycopg
 
-from apalis_client.errors import database_errors
-from apalis_client.worker_logic import Outcome
+from apalis_client import limits
+from apalis_client.errors import AlreadyRegistered, database_errors
+from apalis_client.worker_logic import STORAGE_NAME, Outcome
 from apalis_client.worker_ops_logic import (
     _ACK_ROWS,
     _JOB_ROWS,
+    LAYERS,
     AckReport,
     Lease,
     OrphanReport,
@@ -26,13 +28,18 @@ from apalis_client.worker_ops_logic import (
     _ack_report,
     _acked,
     _check_batch,
+    _check_threshold,
     _claim_statement,
-    _deregistered,
     _heartbeat_ok,
+    _lease_lost,
     _new_lease,
     _orphan_report,
-    _register_params,
     _registered,
+    _release_params,
+    _released,
+    _sweep_params,
+    _takeover_params,
+    _upsert_params,
     _use_transaction_block,
 )
 from apalis_generated import ack_async as ack_q_async
@@ -47,24 +54,59 @@ async def register_worker_async(
     *,
     orphan_threshold: float = 300.0,
 ) -> Lease:
-    """Register ``worker_id`` on ``queue`` under a fresh lease token and re-enqueue orphans.
+    """Register ``worker_id`` on ``queue`` under a fresh lease token, as the Rust crate 0.6 does.
 
-    Both happen in one transaction: its own on an autocommit connection, else the
-    caller's (never committed here). Raises AlreadyRegistered while another live
-    process (heartbeat younger than ``orphan_threshold`` seconds) holds the id.
+    First a stale sweep of the queue in a transaction of its own (a failing sweep never
+    publishes a registration); then, in a second transaction, the registration: an
+    existing row is taken over only when its heartbeat is at least ``orphan_threshold``
+    seconds old, and its Queued/Running tasks are handed back first (one attempt charged).
+    A fresh row is never taken over, whether it holds another token or none. Raises
+    AlreadyRegistered otherwise, or while another session is registering the same id.
+    On an autocommit connection each transaction is its own; inside the caller's
+    transaction they are savepoints (never committed here).
     """
     lease = _new_lease(queue, worker_id)
-    params = _register_params(lease, orphan_threshold)
-    block = conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext()
+    threshold = _check_threshold(orphan_threshold)
+    await reenqueue_orphans_async(conn, lease.queue, orphan_threshold=threshold)
     with database_errors("register worker"):
-        async with block:
-            row = await keep_alive_async.register_worker(conn, **params)
-            _registered(lease, row)
-            rows = await reenqueue_async.reenqueue_orphans(
-                conn, queue=queue, orphan_threshold_secs=float(orphan_threshold)
+        async with conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext():
+            got = await keep_alive_async.try_register_lock(
+                conn, worker_id=lease.worker_id, queue=lease.queue
             )
-    _orphan_report(queue, rows)
-    return lease
+            if got is None or not got.got:
+                raise AlreadyRegistered(lease.worker_id, lease.queue)
+            decision = await keep_alive_async.lock_registration(
+                conn,
+                worker_id=lease.worker_id,
+                queue=lease.queue,
+                lease_token=lease.lease_token,
+                orphan_threshold_secs=threshold,
+            )
+            if decision is not None and not decision.allowed:
+                raise AlreadyRegistered(lease.worker_id, lease.queue)
+            if decision is not None and decision.taken_over:
+                rows = await reenqueue_async.recover_tasks(conn, **_takeover_params(lease))
+                _orphan_report(lease.queue, rows, "taken-over")
+            row = await keep_alive_async.upsert_worker(conn, **_upsert_params(lease))
+    return _registered(lease, row)
+
+
+async def register_untokened_async(
+    conn: psycopg.AsyncConnection[Any], queue: str, worker_id: str
+) -> bool:
+    """Register ``worker_id`` on ``queue`` without a lease token (an admin or get_jobs client).
+
+    Waits for a concurrent registration of the same id. An existing row is refreshed only
+    when it holds no token; a row with a token (a live or released worker's) is left
+    alone and False is returned. Runs in its own transaction on an autocommit connection.
+    """
+    worker_id, queue = limits.check_worker_id(worker_id), limits.check_queue(queue)
+    with database_errors("register worker"):
+        async with conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext():
+            row = await keep_alive_async.register_untokened(
+                conn, worker_id=worker_id, queue=queue, storage_name=STORAGE_NAME, layers=LAYERS
+            )
+    return row is not None
 
 
 async def claim_next_async(
@@ -186,18 +228,73 @@ async def heartbeat_async(conn: psycopg.AsyncConnection[Any], lease: Lease) -> N
 async def reenqueue_orphans_async(
     conn: psycopg.AsyncConnection[Any], queue: str, *, orphan_threshold: float
 ) -> OrphanReport:
-    """Give back tasks of ``queue`` held by workers silent for ``orphan_threshold`` seconds."""
+    """The stale sweep: hand back tasks of ``queue`` held by workers silent for
+    ``orphan_threshold`` seconds (one attempt charged, Killed at the limit).
+
+    One transaction: the stale workers are locked (at most 1,000, SKIP LOCKED), then at
+    most 1,000 of their Queued/Running rows recovered (SKIP LOCKED) with the owner
+    columns cleared.
+    """
+    queue, threshold = limits.check_queue(queue), _check_threshold(orphan_threshold)
     with database_errors("re-enqueue orphans"):
-        rows = await reenqueue_async.reenqueue_orphans(
-            conn, queue=queue, orphan_threshold_secs=float(orphan_threshold)
-        )
+        async with conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext():
+            stale = await reenqueue_async.lock_stale_workers(
+                conn, queue=queue, orphan_threshold_secs=threshold
+            )
+            if not stale:
+                return OrphanReport()
+            rows = await reenqueue_async.recover_tasks(
+                conn, **_sweep_params(queue, [w.id for w in stale])
+            )
     return _orphan_report(queue, rows)
 
 
+async def release_worker_async(
+    conn: psycopg.AsyncConnection[Any], lease: Lease
+) -> OrphanReport | None:
+    """Release the registration (a graceful stop), as the Rust crate 0.6 does.
+
+    One transaction: our worker row is locked; our Queued and Running tasks go back to
+    Pending (only Running ones are charged an attempt); the lease token is cleared and
+    last_seen set to the epoch, so a successor of the same id registers at once. The row
+    stays. Returns what was handed back, or None when the lease was no longer ours
+    (nothing changed). Ack finished tasks before releasing, or they are handed back.
+    """
+    with database_errors("release worker"):
+        async with conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext():
+            own = await keep_alive_async.lock_own_worker(
+                conn, worker_id=lease.worker_id, queue=lease.queue, lease_token=lease.lease_token
+            )
+            if own is None:
+                return None
+            rows = await reenqueue_async.recover_tasks(conn, **_release_params(lease))
+            cleared = await keep_alive_async.clear_registration(
+                conn, worker_id=lease.worker_id, queue=lease.queue, lease_token=lease.lease_token
+            )
+    _released(lease, cleared)
+    return _orphan_report(lease.queue, rows, "released")
+
+
+async def reconcile_worker_async(
+    conn: psycopg.AsyncConnection[Any], lease: Lease, running: Sequence[str]
+) -> OrphanReport:
+    """Hand back every Queued/Running task in this worker's name that is not in ``running``.
+
+    A claim whose reply was lost, or a crash before a restart under the same id, leaves
+    such rows; they go back as a release would put them (only Running ones charged).
+    Raises WorkerNotRegistered when the lease is no longer ours.
+    """
+    with database_errors("reconcile claims"):
+        async with conn.transaction() if _use_transaction_block(conn) else contextlib.nullcontext():
+            own = await keep_alive_async.lock_own_worker(
+                conn, worker_id=lease.worker_id, queue=lease.queue, lease_token=lease.lease_token
+            )
+            if own is None:
+                raise _lease_lost(lease)
+            rows = await reenqueue_async.recover_tasks(conn, **_release_params(lease, keep=running))
+    return _orphan_report(lease.queue, rows, "unaccounted-for")
+
+
 async def deregister_worker_async(conn: psycopg.AsyncConnection[Any], lease: Lease) -> bool:
-    """Release the lease so the id can register again at once; False if it was already lost."""
-    with database_errors("deregister worker"):
-        rows = await keep_alive_async.deregister_worker(
-            conn, worker_id=lease.worker_id, queue=lease.queue, lease_token=lease.lease_token
-        )
-    return _deregistered(lease, rows)
+    """:func:`release_worker`, reporting only whether the lease was still ours."""
+    return await release_worker_async(conn, lease) is not None

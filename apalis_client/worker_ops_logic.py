@@ -20,7 +20,13 @@ from apalis_client.errors import (
     StaleAcknowledgement,
     WorkerNotRegistered,
 )
-from apalis_client.worker_logic import STORAGE_NAME, Outcome
+from apalis_client.worker_logic import (
+    HEARTBEAT_TIMEOUT_MESSAGE,
+    RELEASE_MESSAGE,
+    STORAGE_NAME,
+    SWEEP_ROW_LIMIT,
+    Outcome,
+)
 from apalis_generated import lock
 from apalis_generated._runtime import model_rows
 from apalis_generated.models import AckBatchRow, Job
@@ -69,16 +75,19 @@ def _new_lease(queue: str, worker_id: str) -> Lease:
     )
 
 
-def _register_params(lease: Lease, orphan_threshold: float) -> dict[str, Any]:
+def _check_threshold(orphan_threshold: float) -> float:
     if orphan_threshold <= 0:
         raise InvalidArgument(f"orphan_threshold must be positive, got {orphan_threshold}")
+    return float(orphan_threshold)
+
+
+def _upsert_params(lease: Lease) -> dict[str, Any]:
     return {
         "worker_id": lease.worker_id,
         "queue": lease.queue,
         "storage_name": STORAGE_NAME,
         "layers": LAYERS,
         "lease_token": lease.lease_token,
-        "orphan_threshold_secs": float(orphan_threshold),
     }
 
 
@@ -89,16 +98,56 @@ def _registered(lease: Lease, row: object | None) -> Lease:
     return lease
 
 
-def _orphan_report(queue: str, rows: Sequence[Any]) -> OrphanReport:
+def _sweep_params(queue: str, workers: Sequence[str]) -> dict[str, Any]:
+    """The stale sweep's recovery: bounded, SKIP LOCKED, charging Queued and Running."""
+    return {
+        "skip_locked": True,
+        "queue": queue,
+        "workers": list(workers),
+        "keep": [],
+        "row_limit": SWEEP_ROW_LIMIT,
+        "charge_queued": True,
+        "message": HEARTBEAT_TIMEOUT_MESSAGE,
+    }
+
+
+def _takeover_params(lease: Lease) -> dict[str, Any]:
+    """A takeover's recovery of the old owner's claims: every row, waiting, all charged."""
+    return {
+        "skip_locked": False,
+        "queue": lease.queue,
+        "workers": [lease.worker_id],
+        "keep": [],
+        "row_limit": None,
+        "charge_queued": True,
+        "message": HEARTBEAT_TIMEOUT_MESSAGE,
+    }
+
+
+def _release_params(lease: Lease, keep: Sequence[str] = ()) -> dict[str, Any]:
+    """A release (or reconciliation, with ``keep``): only Running rows are charged."""
+    return {
+        "skip_locked": False,
+        "queue": lease.queue,
+        "workers": [lease.worker_id],
+        "keep": list(keep),
+        "row_limit": None,
+        "charge_queued": False,
+        "message": RELEASE_MESSAGE,
+    }
+
+
+def _orphan_report(queue: str, rows: Sequence[Any], what: str = "orphaned") -> OrphanReport:
     report = OrphanReport(
         requeued=[r.id for r in rows if r.status != "Killed"],
         killed=[r.id for r in rows if r.status == "Killed"],
     )
     if report.count:
         log.warning(
-            "queue %s: re-enqueued %d orphaned task(s), killed %d at max attempts",
+            "queue %s: re-enqueued %d %s task(s), killed %d at max attempts",
             queue,
             len(report.requeued),
+            what,
             len(report.killed),
         )
     return report
@@ -198,7 +247,11 @@ def _heartbeat_ok(lease: Lease, rows: int) -> None:
         raise WorkerNotRegistered(lease.worker_id, lease.queue)
 
 
-def _deregistered(lease: Lease, rows: int) -> bool:
+def _released(lease: Lease, rows: int) -> None:
     if rows:
-        log.info("worker %s deregistered from queue %s", lease.worker_id, lease.queue)
-    return rows > 0
+        log.info("worker %s released its registration on queue %s", lease.worker_id, lease.queue)
+
+
+def _lease_lost(lease: Lease) -> WorkerNotRegistered:
+    log.error("worker %s lost its lease on queue %s", lease.worker_id, lease.queue)
+    return WorkerNotRegistered(lease.worker_id, lease.queue)

@@ -86,6 +86,8 @@ def worker_config(cls: Any, poll_seconds: float | None) -> tuple[Any, dict[str, 
 def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
     """claim_next(10) then ack (per task, ack_batch, or ack_batch pipelined with the next
     claim), exactly the statements in queries/."""
+    if spec.get("tree"):
+        _use_tree(spec["tree"])
     import psycopg
     from psycopg.rows import dict_row
     from ulid import ULID
@@ -98,21 +100,22 @@ def raw_loop(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
     claim = lock.CLAIM_NEXT_SQL
     ack = ack_q.ACK_SQL
     ack_batch = ack_q.ACK_BATCH_SQL
-    register = keep_alive.REGISTER_WORKER_SQL
     worker_id, lease = f"bench-raw-{os.getpid()}", str(ULID())
     ok_result = json.dumps({"Ok": None})
+    registration: dict[str, Any] = {
+        "worker_id": worker_id,
+        "queue": QUEUE,
+        "storage_name": "PostgresStorage",
+        "layers": "",
+        "lease_token": lease,
+    }
+    # Registration is set-up, not measured: the statement of whichever tree runs.
+    register = getattr(keep_alive, "UPSERT_WORKER_SQL", None)
+    if register is None:  # a tree from before the 0.6 lifecycle
+        register = str(getattr(keep_alive, "REGISTER_WORKER_SQL"))  # noqa: B009 (mypy: absent now)
+        registration["orphan_threshold_secs"] = 300.0
     with psycopg.connect(spec["url"], autocommit=True, row_factory=dict_row) as conn:
-        registered = conn.execute(
-            register,
-            {
-                "worker_id": worker_id,
-                "queue": QUEUE,
-                "storage_name": "PostgresStorage",
-                "layers": "",
-                "lease_token": lease,
-                "orphan_threshold_secs": 300.0,
-            },
-        ).fetchone()
+        registered = conn.execute(register, registration).fetchone()
         if registered is None:
             raise RuntimeError("register_worker returned no row")
         if not wait_go():
@@ -207,8 +210,26 @@ def apalis_worker_api() -> tuple[Any, Any]:
     return Worker, WorkerConfig
 
 
+def _use_tree(tree: str) -> None:
+    """Import apalis_client and apalis_generated from an exported older tree, not this one."""
+    import sys
+
+    sys.path[:0] = [tree, os.path.join(tree, "generated")]
+    import apalis_client
+    import apalis_generated
+
+    for module in (apalis_client, apalis_generated):
+        if not os.path.realpath(module.__file__ or "").startswith(os.path.realpath(tree)):
+            raise RuntimeError(f"{module.__name__} came from {module.__file__}, not {tree}")
+
+
 def ours(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
-    """apalis_client.Worker(...).run(until_idle=True), or run() until SIGTERM for latency."""
+    """apalis_client.Worker(...).run(until_idle=True), or run() until SIGTERM for latency.
+
+    With ``spec["tree"]``, the Worker of that exported tree (the code before a change).
+    """
+    if spec.get("tree"):
+        _use_tree(spec["tree"])
     Worker, WorkerConfig = apalis_worker_api()
     latency = spec.get("latency", False)
     if latency:

@@ -51,14 +51,13 @@ def prepare(url: str) -> None:
     """Schema, one registered worker and one task (metadata and a payload, like a real one)."""
     with psycopg.connect(url, autocommit=True) as conn:
         apalis_client.migrate(conn)
-        keep_alive.register_worker(
+        keep_alive.upsert_worker(
             conn,
             worker_id=WORKER,
             queue=QUEUE,
             storage_name="PostgresStorage",
             layers="",
             lease_token="bench-token",
-            orphan_threshold_secs=300.0,
         )
         push.push_tasks(
             conn,

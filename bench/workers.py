@@ -1,6 +1,11 @@
 """Worker benchmark: apalis-client's Worker beside a raw psycopg loop, procrastinate and pgqueuer.
 
 Usage: .venv/bin/python bench/workers.py [--tasks 10000] [--repeat 3] [--database-url URL]
+       [--baseline-ref REF]
+
+With ``--baseline-ref`` the Worker as it was at that git commit (exported with ``git archive``
+into a temporary folder) runs beside today's, each "before" row right after its "now" row in
+every run, and the report adds their ratios paired run by run.
 
 Each measurement gets a fresh database (created and dropped here), its tasks are
 seeded untimed, the worker processes start and finish their own setup, and only
@@ -24,7 +29,9 @@ import queue as queue_mod
 import random
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -400,6 +407,40 @@ def latency(server: Server, case: Case, args: argparse.Namespace) -> tuple[float
 # ---- cases ----------------------------------------------------------------------------------
 
 
+def baseline_tree(ref: str, into: Path) -> Path:
+    """Export the repository at ``ref`` (tracked files only) into ``into``; returns that folder."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def with_baselines(cases: list[Case], tree: Path | None, ref: str) -> list[Case]:
+    """Each single-process Worker case and the raw pipelined loop, each followed by the same
+    case on the code of ``ref`` (the raw loop then runs that tree's claim and ack SQL)."""
+    if tree is None:
+        return cases
+    out: list[Case] = []
+    for c in cases:
+        out.append(c)
+        if c.processes == 1 and (c.system == "ours" or c.extra.get("ack") == "pipelined"):
+            out.append(
+                Case(
+                    f"{c.key}-before",
+                    c.system,
+                    f"{c.label}, before ({ref})",
+                    c.config,
+                    c.processes,
+                    {**c.extra, "tree": str(tree)},
+                )
+            )
+    return out
+
+
 def throughput_cases(args: argparse.Namespace) -> list[Case]:
     handler = args.ours_handler
     other = "sync" if handler == "async" else "async"
@@ -458,7 +499,9 @@ def throughput_cases(args: argparse.Namespace) -> list[Case]:
             {"concurrency": args.ours_concurrency, "handler": other},
         ),
     ]
-    return [c for c in cases if _selected(c.system, args)]
+    return with_baselines(
+        [c for c in cases if _selected(c.system, args)], args.baseline_tree, args.baseline_ref
+    )
 
 
 def latency_cases(args: argparse.Namespace) -> list[Case]:
@@ -545,6 +588,24 @@ def report(
             f"{statistics.median(r.values) / statistics.median(base.values):.2f}" if base else ""
         )
         lines.append(f"| {r.case.label} | {r.case.config} | {med} | {rng} | {ratio} |")
+    pairs = [
+        (cur, old)
+        for cur in tp
+        for old in tp
+        if old.case.key == f"{cur.case.key}-before" and cur.values and old.values
+    ]
+    if pairs:
+        lines += [
+            "",
+            f"## The Worker now against the Worker before ({args.baseline_ref}), paired run by run",
+            "",
+            "| configuration | now / before (median) | range | runs |",
+            "|---|---:|---:|---:|",
+        ]
+        for cur, old in pairs:
+            ratios = [a / b for a, b in zip(cur.values, old.values, strict=False)]
+            med, rng = fmt_range(ratios, 3)
+            lines.append(f"| {cur.case.config} | {med} | {rng} | {len(ratios)} |")
     lines += [
         "",
         "## NOTIFY wake-up latency (push COMMIT sent → handler start / notification received, ms)",
@@ -652,7 +713,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list among raw,procrastinate,pgqueuer,ours",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--baseline-ref",
+        default=None,
+        help="also run the Worker of this git commit beside today's (e.g. 2ec2ca6)",
+    )
     args = p.parse_args(argv)
+    args.baseline_tree = None
     if args.tasks < 1 or args.repeat < 1 or args.latency_samples < 1:
         p.error("--tasks, --repeat and --latency-samples must be positive")
     return args
@@ -668,6 +735,13 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="apalis-bench-baseline-") as tmp:
+        if args.baseline_ref:
+            args.baseline_tree = baseline_tree(args.baseline_ref, Path(tmp))
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     server = Server(args.database_url)
     server.drop_leftovers()
@@ -711,7 +785,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "workers.md").write_text(text, encoding="utf-8")
-    chart(tp, lat, args.out / "workers.png")
+    try:
+        chart(tp, lat, args.out / "workers.png")
+    except ImportError as exc:  # matplotlib is a bench extra
+        print(f"wrote {args.out / 'workers.md'} (no plot: {exc})")
+        return 0
     print(f"wrote {args.out / 'workers.md'} and {args.out / 'workers.png'}")
     return 0
 

@@ -1,9 +1,18 @@
 -- name: ack :execrows
--- Record the outcome of one claimed task. The guard (owner, lock_at, attempts,
--- Running, and the worker's lease when it holds one) makes a late or duplicate
--- ack update nothing: zero rows means a stale acknowledgement.
+-- Record the outcome of one claimed task, after the worker guard (the worker
+-- row FOR KEY SHARE, with its lease token when one is given). The row guard
+-- (owner, lock_at, attempts, Queued or Running) makes a late or duplicate ack
+-- update nothing: zero rows means a stale acknowledgement.
 -- @outcome is Done, Failed (becomes Killed once attempts run out) or Killed.
 -- nullable: lease_token
+WITH guard AS MATERIALIZED (
+    SELECT w.id
+      FROM apalis.workers AS w
+     WHERE w.id = @worker_id
+       AND w.worker_type = @queue
+       AND (@lease_token::text IS NULL OR w.lease_token = @lease_token::text)
+       FOR KEY SHARE
+)
 UPDATE apalis.jobs AS j
    SET status = CASE
            WHEN @outcome::text = 'Failed' AND j.attempts + 1 >= j.max_attempts THEN 'Killed'
@@ -11,29 +20,28 @@ UPDATE apalis.jobs AS j
        END,
        attempts = j.attempts + 1,
        last_result = @result::jsonb,
-       done_at = now()
- WHERE j.id = @id
+       done_at = clock_timestamp()
+ WHERE EXISTS (SELECT 1 FROM guard)
+   AND j.id = @id
    AND j.job_type = @queue
    AND j.lock_by = @worker_id
    AND j.lock_at = @lock_at
    AND j.attempts = @attempts
-   AND j.status = 'Running'
-   AND (
-        @lease_token::text IS NULL
-        OR EXISTS (
-            SELECT 1
-              FROM apalis.workers AS w
-             WHERE w.id = @worker_id
-               AND w.worker_type = @queue
-               AND w.lease_token = @lease_token::text
-        )
-   );
+   AND j.status IN ('Queued', 'Running');
 
 -- name: ack_batch :many
--- Record many outcomes in one statement, each row under the same guard as
--- ack. Returns the ids that were acknowledged; a missing id was stale.
+-- Record many outcomes in one statement, after one worker guard, each row
+-- under the same row guard as ack. Returns the ids that were acknowledged; a
+-- missing id was stale.
 -- nullable: lease_token
-WITH acks AS (
+WITH guard AS MATERIALIZED (
+    SELECT w.id
+      FROM apalis.workers AS w
+     WHERE w.id = @worker_id
+       AND w.worker_type = @queue
+       AND (@lease_token::text IS NULL OR w.lease_token = @lease_token::text)
+       FOR KEY SHARE
+), acks AS (
     SELECT a.id, a.attempts, a.lock_at, a.outcome, a.result
       FROM unnest(
                @ids::text[],
@@ -50,22 +58,13 @@ UPDATE apalis.jobs AS j
        END,
        attempts = j.attempts + 1,
        last_result = acks.result::jsonb,
-       done_at = now()
+       done_at = clock_timestamp()
   FROM acks
- WHERE j.id = acks.id
+ WHERE EXISTS (SELECT 1 FROM guard)
+   AND j.id = acks.id
    AND j.job_type = @queue
    AND j.lock_by = @worker_id
    AND j.lock_at = acks.lock_at
    AND j.attempts = acks.attempts
-   AND j.status = 'Running'
-   AND (
-        @lease_token::text IS NULL
-        OR EXISTS (
-            SELECT 1
-              FROM apalis.workers AS w
-             WHERE w.id = @worker_id
-               AND w.worker_type = @queue
-               AND w.lease_token = @lease_token::text
-        )
-   )
+   AND j.status IN ('Queued', 'Running')
 RETURNING j.id, j.status;

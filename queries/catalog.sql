@@ -1,11 +1,31 @@
 -- Statements the migrator and verify_schema run: schema bookkeeping and
 -- catalog reads that compare the database with generation 14.
 
--- name: lock_schema :exec
-SELECT pg_advisory_lock(@key);
+-- name: set_lock_timeout :exec
+-- For the rest of the migrate transaction: how long any lock (the advisory
+-- locks below, the DDL's table locks) may be waited for.
+SELECT set_config('lock_timeout', @timeout::text, true);
 
--- name: unlock_schema :exec
-SELECT pg_advisory_unlock(@key);
+-- name: lock_rust_migrations :exec
+-- The Rust crate 0.6 setup's transaction-scoped lock: every migrator of the
+-- apalis schema takes it, so a Python migrate and a Rust setup() queue up.
+SELECT pg_advisory_xact_lock(hashtext('apalis_diesel_postgres'), hashtext('migrations'));
+
+-- name: lock_schema :exec
+-- This client's own lock, also transaction-scoped (taken after the Rust one).
+SELECT pg_advisory_xact_lock(@key);
+
+-- name: rust_journal_present :one
+-- Whether the Rust crate 0.6 migration journal exists.
+-- not-null: present
+SELECT to_regclass('apalis_diesel_postgres.__diesel_schema_migrations') IS NOT NULL AS present;
+
+-- name: rust_journal_versions :many
+-- The versions the Rust crate 0.6 journal records (read only when it exists).
+-- not-null: version
+SELECT version::text AS version
+  FROM apalis_diesel_postgres.__diesel_schema_migrations
+ ORDER BY 1;
 
 -- name: relations :many
 -- not-null: name, kind
@@ -37,8 +57,9 @@ SELECT c.relname::text AS table_name,
  ORDER BY c.relname, a.attnum;
 
 -- name: constraints :many
--- not-null: name, definition
-SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition
+-- not-null: name, definition, validated, deferrable
+SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition,
+       con.convalidated AS validated, con.condeferrable AS deferrable
   FROM pg_constraint AS con
   JOIN pg_class AS c ON c.oid = con.conrelid
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -48,8 +69,9 @@ SELECT con.conname::text AS name, pg_get_constraintdef(con.oid) AS definition
  ORDER BY 1;
 
 -- name: indexes :many
--- not-null: name, definition
-SELECT ic.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition
+-- not-null: name, definition, valid, ready
+SELECT ic.relname::text AS name, pg_get_indexdef(i.indexrelid) AS definition,
+       i.indisvalid AS valid, i.indisready AS ready
   FROM pg_index AS i
   JOIN pg_class AS ic ON ic.oid = i.indexrelid
   JOIN pg_namespace AS n ON n.oid = ic.relnamespace

@@ -10,7 +10,9 @@ def test_demo_commits_rolls_back_handles_a_conflict_and_drains_the_queue(
     empty_db: str, query: Query
 ) -> None:
     out = run_example("demo.py", empty_db)
-    assert out[0] == "migrate: applied ['0001_base.sql', '0002_generation14.sql']"
+    assert out[0] == (
+        "migrate: applied ['0001_base.sql', '0002_generation14.sql', '0003_rust_journal.sql']"
+    )
     assert out[1] == "verify: generation 14, OK"
     assert out[3].startswith("2. rolled back (payment declined)")
     assert out[4].startswith("3. idempotency conflict handled")

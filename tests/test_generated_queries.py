@@ -36,9 +36,10 @@ from apalis_generated.models import (
     FunctionsRow,
     IndexesRow,
     Job,
+    LockRegistrationRow,
     QueueStatsRow,
     ReadQueueStatsSnapshotRow,
-    ReenqueueOrphansRow,
+    RecoverTasksRow,
     RelationsRow,
     TriggersRow,
     Worker,
@@ -159,14 +160,13 @@ def seed(url: str, *tasks: T, queue: str = Q) -> list[str]:
 def register(url: str, worker: str = W, queue: str = Q) -> str:
     token = str(ULID())
     with psycopg.connect(url, autocommit=True) as conn:
-        row = keep_alive.register_worker(
+        row = keep_alive.upsert_worker(
             conn,
             worker_id=worker,
             queue=queue,
             storage_name="PostgresStorage",
             layers="",
             lease_token=token,
-            orphan_threshold_secs=300.0,
         )
     assert row is not None
     return token
@@ -620,19 +620,37 @@ def test_claim_next_skips_rows_locked_by_another_transaction(
     assert find(migrated_db, "A").status == "Pending"
 
 
-def test_claim_next_requires_a_registered_worker(flavor: Flavor, migrated_db: str) -> None:
+def test_claim_next_by_an_unregistered_worker_claims_nothing(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    (task_id,) = seed(migrated_db, T())
+    args = {"queue": Q, "batch": 10, "worker_id": "ghost", "lease_token": None}
+    assert call(flavor, "lock", "claim_next", migrated_db, **args) == []
+    assert find(migrated_db, task_id).status == "Pending"
+
+
+def test_claim_next_with_a_replaced_lease_token_claims_nothing(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    (task_id,) = seed(migrated_db, T())
+    args = {"queue": Q, "batch": 10, "worker_id": W, "lease_token": "NOT-OURS"}
+    assert call(flavor, "lock", "claim_next", migrated_db, **args) == []
+    assert find(migrated_db, task_id).status == "Pending"
+
+
+def test_claim_next_waits_for_a_takeover_holding_the_worker_row(migrated_db: str) -> None:
+    # The worker guard: a claim takes the worker row FOR KEY SHARE, so a takeover or
+    # release holding it FOR UPDATE orders the claim after it.
+    token = register(migrated_db)
     seed(migrated_db, T())
-    with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        call(
-            flavor,
-            "lock",
-            "claim_next",
-            migrated_db,
-            queue=Q,
-            batch=10,
-            worker_id="ghost",
-            lease_token=None,
-        )
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute("SELECT 1 FROM apalis.workers WHERE id = %s FOR UPDATE", (W,))
+        with psycopg.connect(migrated_db, autocommit=True) as probe:
+            probe.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                lock.claim_next(probe, queue=Q, batch=1, worker_id=W, lease_token=token)
+        holder.rollback()
 
 
 # --- claim_by_ids --------------------------------------------------------------------------
@@ -779,16 +797,14 @@ def test_lock_task_refuses_finished_exhausted_or_foreign_tasks(
     assert find(migrated_db, task_id) == before
 
 
-def test_lock_task_does_not_wait_for_run_at(flavor: Flavor, migrated_db: str) -> None:
-    # Locking by id is an explicit request: unlike the claim queries, lock_task has no
-    # run_at predicate (CONTRACT.md does not say either way; see the report to the lead).
+def test_lock_task_leaves_a_task_that_is_not_yet_due(flavor: Flavor, migrated_db: str) -> None:
     register(migrated_db)
     (task_id,) = seed(migrated_db, T(run_at=now() + timedelta(hours=1)))
     job = call(
         flavor, "lock", "lock_task", migrated_db, id=task_id, queue=Q, worker_id=W, lease_token=None
     )
-    assert job is not None
-    assert job.status == "Running"
+    assert job is None
+    assert find(migrated_db, task_id).status == "Pending"
 
 
 # --- ack -----------------------------------------------------------------------------------
@@ -879,6 +895,19 @@ def test_second_ack_of_the_same_claim_is_stale(flavor: Flavor, migrated_db: str)
     assert find(migrated_db, job.id) == after_first
 
 
+def test_ack_accepts_a_queued_claim(flavor: Flavor, migrated_db: str) -> None:
+    # apalis.get_jobs (a Rust worker's buffer) claims to Queued; the ack takes it from there.
+    token = register(migrated_db)
+    (task_id,) = seed(migrated_db, T())
+    assert sql(migrated_db, "SELECT status FROM apalis.get_jobs(%s, %s, 1)", (W, Q)) == [
+        ("Queued",)
+    ]
+    job = find(migrated_db, task_id)
+    assert call(flavor, "ack", "ack", migrated_db, **ack_args(job, token)) == 1
+    done = find(migrated_db, task_id)
+    assert (done.status, done.attempts, done.lock_by) == ("Done", 1, W)
+
+
 def test_ack_without_a_lease_token_skips_the_lease_check(flavor: Flavor, migrated_db: str) -> None:
     job, _ = claimed_task(migrated_db)
     assert call(flavor, "ack", "ack", migrated_db, **ack_args(job, None)) == 1
@@ -955,15 +984,23 @@ def test_ack_batch_without_a_lease_token_skips_the_lease_check(
     assert [(r.id, r.status) for r in rows] == [("A", "Done")]
 
 
-# --- register_worker / heartbeat / deregister_worker ----------------------------------------
+# --- registration: try_register_lock / lock_registration / upsert_worker / untokened ------
 
 
-def register_args(token: str, worker: str = W, threshold: float = 300.0) -> dict[str, Any]:
+def upsert_args(token: str, worker: str = W) -> dict[str, Any]:
     return {
         "worker_id": worker,
         "queue": Q,
         "storage_name": "PostgresStorage",
         "layers": "retry",
+        "lease_token": token,
+    }
+
+
+def decide_args(token: str, worker: str = W, threshold: float = 300.0) -> dict[str, Any]:
+    return {
+        "worker_id": worker,
+        "queue": Q,
         "lease_token": token,
         "orphan_threshold_secs": threshold,
     }
@@ -978,10 +1015,10 @@ def worker_row(url: str, worker: str = W) -> tuple[Any, ...]:
     )[0]
 
 
-def test_register_worker_creates_a_row_with_the_lease_and_times(
+def test_upsert_worker_creates_a_row_with_the_lease_and_times(
     flavor: Flavor, migrated_db: str
 ) -> None:
-    row = call(flavor, "keep_alive", "register_worker", migrated_db, **register_args("T1"))
+    row = call(flavor, "keep_alive", "upsert_worker", migrated_db, **upsert_args("T1"))
     assert type(row) is Worker
     assert (row.id, row.worker_type, row.storage_name, row.layers, row.lease_token) == (
         W,
@@ -995,50 +1032,82 @@ def test_register_worker_creates_a_row_with_the_lease_and_times(
     assert abs(row.last_seen - now()) < timedelta(seconds=30)
 
 
-def test_register_worker_takes_over_a_free_lease(flavor: Flavor, migrated_db: str) -> None:
-    token = register(migrated_db)
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
-        assert keep_alive.deregister_worker(conn, worker_id=W, queue=Q, lease_token=token) == 1
-    row = call(flavor, "keep_alive", "register_worker", migrated_db, **register_args("T2"))
-    assert row is not None
-    assert row.lease_token == "T2"
-
-
-def test_register_worker_with_the_same_token_re_registers(flavor: Flavor, migrated_db: str) -> None:
-    token = register(migrated_db)
-    row = call(flavor, "keep_alive", "register_worker", migrated_db, **register_args(token))
-    assert row is not None
-    assert row.lease_token == token
-
-
-def test_register_worker_takes_over_a_stale_heartbeat(flavor: Flavor, migrated_db: str) -> None:
-    register(migrated_db)
-    age_worker(migrated_db)
-    row = call(flavor, "keep_alive", "register_worker", migrated_db, **register_args("T2"))
-    assert row is not None
-    assert row.lease_token == "T2"
-    assert abs(row.last_seen - now()) < timedelta(seconds=30)
-
-
-def test_register_worker_refuses_a_live_registration_with_another_token(
+def test_upsert_worker_over_an_existing_row_keeps_started_at(
     flavor: Flavor, migrated_db: str
 ) -> None:
-    token = register(migrated_db)
-    before = worker_row(migrated_db)
-    assert call(flavor, "keep_alive", "register_worker", migrated_db, **register_args("T2")) is None
-    assert worker_row(migrated_db) == before
-    assert before[0] == token
+    register(migrated_db)
+    sql(migrated_db, "UPDATE apalis.workers SET started_at = '2020-01-01Z'")
+    row = call(flavor, "keep_alive", "upsert_worker", migrated_db, **upsert_args("T2"))
+    assert row.lease_token == "T2"
+    assert row.started_at == datetime(2020, 1, 1, tzinfo=timezone.utc)
 
 
-def test_register_worker_returns_none_while_another_session_registers_it(
+def test_try_register_lock_is_false_while_another_session_registers_the_id(
     flavor: Flavor, migrated_db: str
 ) -> None:
     with psycopg.connect(migrated_db) as holder:
         holder.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (W, Q))
-        args = register_args("T1")
-        assert call(flavor, "keep_alive", "register_worker", migrated_db, **args) is None
+        row = call(flavor, "keep_alive", "try_register_lock", migrated_db, worker_id=W, queue=Q)
+        assert row.got is False
         holder.rollback()
-    assert sql(migrated_db, "SELECT count(*) FROM apalis.workers") == [(0,)]
+    row = call(flavor, "keep_alive", "try_register_lock", migrated_db, worker_id=W, queue=Q)
+    assert row.got is True
+
+
+def test_lock_registration_of_an_unknown_id_returns_none(flavor: Flavor, migrated_db: str) -> None:
+    assert call(flavor, "keep_alive", "lock_registration", migrated_db, **decide_args("T")) is None
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("ours", (True, False)),
+        ("fresh_other", (False, True)),
+        ("fresh_untokened", (False, True)),
+        ("stale_other", (True, True)),
+        ("released", (True, True)),
+    ],
+)
+def test_lock_registration_allows_only_our_token_or_a_stale_row(
+    flavor: Flavor, migrated_db: str, state: str, expected: tuple[bool, bool]
+) -> None:
+    token = register(migrated_db)
+    if state == "fresh_untokened":
+        sql(migrated_db, "UPDATE apalis.workers SET lease_token = NULL")
+    if state == "stale_other":
+        age_worker(migrated_db)
+    if state == "released":
+        sql(
+            migrated_db, "UPDATE apalis.workers SET lease_token = NULL, last_seen = to_timestamp(0)"
+        )
+    mine = token if state == "ours" else "NEW"
+    row = call(flavor, "keep_alive", "lock_registration", migrated_db, **decide_args(mine))
+    assert type(row) is LockRegistrationRow
+    assert (row.allowed, row.taken_over) == expected
+
+
+def test_register_untokened_inserts_a_row_without_a_token(flavor: Flavor, migrated_db: str) -> None:
+    args = {"worker_id": W, "queue": Q, "storage_name": "PostgresStorage", "layers": "admin"}
+    row = call(flavor, "keep_alive", "register_untokened", migrated_db, **args)
+    assert (row.id, row.lease_token, row.layers) == (W, None, "admin")
+
+
+def test_register_untokened_refreshes_a_token_free_row_and_leaves_a_tokened_one(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    args = {"worker_id": W, "queue": Q, "storage_name": "PostgresStorage", "layers": "admin"}
+    call(flavor, "keep_alive", "register_untokened", migrated_db, **args)
+    age_worker(migrated_db)
+    assert call(flavor, "keep_alive", "register_untokened", migrated_db, **args) is not None
+    assert abs(worker_row(migrated_db)[1] - now()) < timedelta(seconds=30)
+    register(migrated_db, "w2")
+    before = worker_row(migrated_db, "w2")
+    args["worker_id"] = "w2"
+    assert call(flavor, "keep_alive", "register_untokened", migrated_db, **args) is None
+    assert worker_row(migrated_db, "w2") == before
+
+
+# --- heartbeat / lock_own_worker / clear_registration -------------------------------------
 
 
 def test_heartbeat_refreshes_last_seen(flavor: Flavor, migrated_db: str) -> None:
@@ -1060,89 +1129,159 @@ def test_heartbeat_with_a_wrong_token_updates_nothing(flavor: Flavor, migrated_d
     assert worker_row(migrated_db) == before
 
 
-def test_deregister_worker_clears_the_lease_and_keeps_the_row(
+def test_lock_own_worker_finds_only_our_lease(flavor: Flavor, migrated_db: str) -> None:
+    token = register(migrated_db)
+    args = {"worker_id": W, "queue": Q}
+    assert call(flavor, "keep_alive", "lock_own_worker", migrated_db, **args, lease_token=token)
+    assert (
+        call(flavor, "keep_alive", "lock_own_worker", migrated_db, **args, lease_token="X") is None
+    )
+
+
+def test_clear_registration_clears_the_lease_sets_the_epoch_and_keeps_the_row(
     flavor: Flavor, migrated_db: str
 ) -> None:
     token = register(migrated_db)
     args = {"worker_id": W, "queue": Q, "lease_token": token}
-    assert call(flavor, "keep_alive", "deregister_worker", migrated_db, **args) == 1
-    assert worker_row(migrated_db)[0] is None
+    assert call(flavor, "keep_alive", "clear_registration", migrated_db, **args) == 1
+    lease_token, last_seen, _ = worker_row(migrated_db)
+    assert (lease_token, last_seen) == (None, datetime(1970, 1, 1, tzinfo=timezone.utc))
 
 
-def test_deregister_worker_with_a_wrong_token_updates_nothing(
+def test_clear_registration_with_a_wrong_token_updates_nothing(
     flavor: Flavor, migrated_db: str
 ) -> None:
     token = register(migrated_db)
     args = {"worker_id": W, "queue": Q, "lease_token": "X"}
-    assert call(flavor, "keep_alive", "deregister_worker", migrated_db, **args) == 0
+    assert call(flavor, "keep_alive", "clear_registration", migrated_db, **args) == 0
     assert worker_row(migrated_db)[0] == token
 
 
-# --- reenqueue_orphans ---------------------------------------------------------------------
+# --- lock_stale_workers / recover_tasks ---------------------------------------------------
 
 
-def reenqueue(flavor: Flavor, url: str) -> Any:
-    return call(flavor, "reenqueue", "reenqueue_orphans", url, queue=Q, orphan_threshold_secs=300.0)
+def stale(flavor: Flavor, url: str) -> list[str]:
+    rows = call(
+        flavor, "reenqueue", "lock_stale_workers", url, queue=Q, orphan_threshold_secs=300.0
+    )
+    return [r.id for r in rows]
 
 
-def test_reenqueue_orphans_returns_a_stale_owners_task_to_pending_with_the_lock_cleared(
+def recover(flavor: Flavor, url: str, **over: Any) -> Any:
+    args: dict[str, Any] = {
+        "skip_locked": True,
+        "queue": Q,
+        "workers": [W],
+        "keep": [],
+        "row_limit": 1000,
+        "charge_queued": True,
+        "message": HEARTBEAT_MESSAGE["Err"],
+    }
+    args.update(over)
+    return call(flavor, "reenqueue", "recover_tasks", url, **args)
+
+
+def test_lock_stale_workers_names_only_stale_workers_that_own_an_active_row(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    claimed_task(migrated_db)
+    register(migrated_db, "idle")
+    age_worker(migrated_db, "idle")
+    assert stale(flavor, migrated_db) == []
+    age_worker(migrated_db)
+    assert stale(flavor, migrated_db) == [W]
+
+
+def test_recover_tasks_returns_a_task_to_pending_with_the_owner_cleared(
     flavor: Flavor, migrated_db: str
 ) -> None:
     job, _ = claimed_task(migrated_db)
-    age_worker(migrated_db)
-    rows = reenqueue(flavor, migrated_db)
-    assert rows == [ReenqueueOrphansRow.model_construct(id=job.id, status="Pending", attempts=1)]
-    assert type(rows[0]) is ReenqueueOrphansRow
+    rows = recover(flavor, migrated_db)
+    assert rows == [RecoverTasksRow.model_construct(id=job.id, status="Pending", attempts=1)]
+    assert type(rows[0]) is RecoverTasksRow
     back = find(migrated_db, job.id)
     assert (back.status, back.attempts) == ("Pending", 1)
     assert (back.lock_by, back.lock_at, back.done_at) == (None, None, None)
     assert back.last_result == HEARTBEAT_MESSAGE
 
 
-def test_reenqueue_orphans_keeps_an_existing_last_result(flavor: Flavor, migrated_db: str) -> None:
+def test_recover_tasks_keeps_an_existing_last_result(flavor: Flavor, migrated_db: str) -> None:
     job, _ = claimed_task(migrated_db)
     assert ack_sync(migrated_db, job, "Failed", {"Err": "first try"}) == 1
     assert [j.id for j in claim(migrated_db)] == [job.id]
-    age_worker(migrated_db)
-    assert [r.status for r in reenqueue(flavor, migrated_db)] == ["Pending"]
+    assert [r.status for r in recover(flavor, migrated_db)] == ["Pending"]
     back = find(migrated_db, job.id)
     assert (back.attempts, back.last_result) == (2, {"Err": "first try"})
 
 
-def test_reenqueue_orphans_kills_a_task_at_the_attempt_limit(
+def test_recover_tasks_kills_at_the_attempt_limit_and_clears_the_owner(
     flavor: Flavor, migrated_db: str
 ) -> None:
     job, _ = claimed_task(migrated_db, max_attempts=2)
     assert ack_sync(migrated_db, job, "Failed", {"Err": "first try"}) == 1
     assert [j.id for j in claim(migrated_db)] == [job.id]
-    age_worker(migrated_db)
-    rows = reenqueue(flavor, migrated_db)
+    rows = recover(flavor, migrated_db)
     assert [(r.id, r.status, r.attempts) for r in rows] == [(job.id, "Killed", 2)]
     killed = find(migrated_db, job.id)
     assert (killed.status, killed.attempts, killed.last_result) == ("Killed", 2, HEARTBEAT_MESSAGE)
+    assert (killed.lock_by, killed.lock_at) == (None, None)
     assert killed.done_at is not None
     assert claim(migrated_db) == []
 
 
-def test_reenqueue_orphans_also_returns_queued_tasks(flavor: Flavor, migrated_db: str) -> None:
+def test_recover_tasks_without_charge_queued_returns_a_queued_row_unchanged_but_its_owner(
+    flavor: Flavor, migrated_db: str
+) -> None:
     register(migrated_db)
     (task_id,) = seed(migrated_db, T())
-    # apalis.get_jobs is how a Rust worker claims: it leaves the rows Queued.
-    assert sql(migrated_db, "SELECT id, status FROM apalis.get_jobs(%s, %s, 5)", (W, Q)) == [
-        (task_id, "Queued")
+    assert sql(migrated_db, "SELECT status FROM apalis.get_jobs(%s, %s, 5)", (W, Q)) == [
+        ("Queued",)
     ]
-    age_worker(migrated_db)
-    assert [(r.id, r.status) for r in reenqueue(flavor, migrated_db)] == [(task_id, "Pending")]
+    rows = recover(flavor, migrated_db, charge_queued=False, message="released")
+    assert [(r.id, r.status, r.attempts) for r in rows] == [(task_id, "Pending", 0)]
+    back = find(migrated_db, task_id)
+    assert (back.last_result, back.lock_by, back.lock_at) == (None, None, None)
 
 
-def test_reenqueue_orphans_leaves_live_workers_tasks_alone(
+def test_recover_tasks_with_charge_queued_charges_a_queued_row(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    seed(migrated_db, T())
+    sql(migrated_db, "SELECT status FROM apalis.get_jobs(%s, %s, 5)", (W, Q))
+    assert [(r.status, r.attempts) for r in recover(flavor, migrated_db)] == [("Pending", 1)]
+
+
+def test_recover_tasks_caps_the_rows_and_spares_the_kept_ids(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    seed(migrated_db, T(id="A"), T(id="B"), T(id="C"))
+    assert len(claim(migrated_db)) == 3
+    assert [r.id for r in recover(flavor, migrated_db, row_limit=1, keep=["A"])] == ["B"]
+    assert [r.id for r in recover(flavor, migrated_db, row_limit=None, keep=["A"])] == ["C"]
+    assert find(migrated_db, "A").status == "Running"
+
+
+def test_recover_tasks_skip_locked_passes_over_a_locked_row(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    register(migrated_db)
+    seed(migrated_db, T(id="A"), T(id="B"))
+    assert len(claim(migrated_db)) == 2
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute("SELECT 1 FROM apalis.jobs WHERE id = 'A' FOR UPDATE")
+        assert [r.id for r in recover(flavor, migrated_db)] == ["B"]
+        holder.rollback()
+
+
+def test_recover_tasks_leaves_other_queues_and_workers_alone(
     flavor: Flavor, migrated_db: str
 ) -> None:
     job, _ = claimed_task(migrated_db)
-    register(migrated_db, "w2", queue="other")
-    age_worker(migrated_db, "w2", "other")
     before = find(migrated_db, job.id)
-    assert reenqueue(flavor, migrated_db) == []
+    assert recover(flavor, migrated_db, workers=["w2"]) == []
+    assert recover(flavor, migrated_db, queue="other") == []
     assert find(migrated_db, job.id) == before
 
 
@@ -1463,21 +1602,36 @@ def test_poll_tasks_says_which_tasks_are_finished(flavor: Flavor, migrated_db: s
 # --- catalog ---------------------------------------------------------------------------------
 
 
-def test_lock_schema_holds_a_session_lock_until_unlock_schema(
+def test_migration_locks_are_held_until_the_transaction_ends(
     flavor: Flavor, migrated_db: str
 ) -> None:
     key = 4242
 
-    def other_session_gets_it() -> bool:
-        got = sql(migrated_db, "SELECT pg_try_advisory_lock(%s)", (key,))[0][0]
-        # The probing connection closes right away, which drops its lock again.
-        return bool(got)
+    def others_get_them() -> tuple[bool, bool]:
+        # The probing connection closes right away, which drops its locks again.
+        ours, rusts = sql(
+            migrated_db,
+            "SELECT pg_try_advisory_lock(%s), "
+            "pg_try_advisory_lock(hashtext('apalis_diesel_postgres'), hashtext('migrations'))",
+            (key,),
+        )[0]
+        return bool(ours), bool(rusts)
 
-    with Gen(flavor, migrated_db) as g:
+    with Gen(flavor, migrated_db, autocommit=False) as g:
+        assert g("catalog", "set_lock_timeout", timeout="5s") is None
+        assert g("catalog", "lock_rust_migrations") is None
         assert g("catalog", "lock_schema", key=key) is None
-        assert not other_session_gets_it()
-        assert g("catalog", "unlock_schema", key=key) is None
-        assert other_session_gets_it()
+        assert others_get_them() == (False, False)
+        g.rollback()
+        assert others_get_them() == (True, True)
+
+
+def test_rust_journal_present_and_versions(flavor: Flavor, migrated_db: str) -> None:
+    assert call(flavor, "catalog", "rust_journal_present", migrated_db).present is True
+    versions = [r.version for r in call(flavor, "catalog", "rust_journal_versions", migrated_db)]
+    assert (len(versions), versions[0], versions[-1]) == (14, "00000000000000", "20260914000000")
+    sql(migrated_db, "DROP SCHEMA apalis_diesel_postgres CASCADE")
+    assert call(flavor, "catalog", "rust_journal_present", migrated_db).present is False
 
 
 def test_relations_lists_the_apalis_tables_and_the_snapshot_view(
@@ -1499,7 +1653,11 @@ def test_record_migration_is_listed_by_applied_migrations(flavor: Flavor, migrat
         assert g("catalog", "record_migration", filename="0000_zz_test.sql", checksum="abc") is None
         after = g("catalog", "applied_migrations")
     assert all(type(r) is AppliedMigrationsRow for r in after)
-    assert [r.filename for r in before] == ["0001_base.sql", "0002_generation14.sql"]
+    assert [r.filename for r in before] == [
+        "0001_base.sql",
+        "0002_generation14.sql",
+        "0003_rust_journal.sql",
+    ]
     assert (after[0].filename, after[0].checksum) == ("0000_zz_test.sql", "abc")
     assert after[1:] == before
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Flavor, Query, run_sql_file
+from conftest import Databases, Flavor, Query, run_sql_file
 
 import apalis_client
 from apalis_client.cli import main as cli_main
@@ -110,7 +112,7 @@ def test_fresh_migrate_creates_exactly_generation_14(
     flavor: Flavor, empty_db: str, query: Query
 ) -> None:
     report = flavor.migrate(empty_db)
-    assert report.applied == ["0001_base.sql", "0002_generation14.sql"]
+    assert report.applied == ["0001_base.sql", "0002_generation14.sql", "0003_rust_journal.sql"]
     assert_generation14_shape(empty_db, query)
     assert flavor.verify(empty_db).problems == []
 
@@ -184,6 +186,7 @@ def test_eight_concurrent_migrators_all_succeed(empty_db: str, query: Query) -> 
     assert query(empty_db, "SELECT filename FROM apalis.apalis_client_migrations ORDER BY 1") == [
         ("0001_base.sql",),
         ("0002_generation14.sql",),
+        ("0003_rust_journal.sql",),
     ]
     assert_generation14_shape(empty_db, query)
 
@@ -324,3 +327,257 @@ def test_cli_reports_a_wrong_password_without_a_traceback(
     assert "wrong-pass" not in err and "Traceback" not in err
     with psycopg.connect(right) as conn:  # the same role gets in with its real password
         assert conn.execute("SELECT current_user").fetchone() == (password_role,)
+
+
+# --- coexistence with the Rust crate 0.6 setup ---------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RUST_JOURNAL_VERSIONS = [
+    "00000000000000",
+    "20260520000000",
+    "20260521000000",
+    "20260521000001",
+    "20260521000002",
+    "20260521000003",
+    "20260521000004",
+    "20260521000005",
+    "20260521000006",
+    "20260910000000",
+    "20260910000001",
+    "20260912000000",
+    "20260912000001",
+    "20260914000000",
+]
+
+
+def rust06_setup_text() -> str:
+    """The Rust-shaped 0.6 setup (tests/fixtures/rust06_setup.sql with its function bodies)."""
+    head = (FIXTURES / "rust06_setup.sql").read_text(encoding="utf-8")
+    functions = (FIXTURES / "rust06_functions.sql").read_text(encoding="utf-8")
+    return head.replace("-- @functions\n", functions)
+
+
+def rust06_setup(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(rust06_setup_text().encode())
+
+
+def function_sources(url: str, query: Query) -> dict[str, str]:
+    return dict(
+        query(
+            url,
+            "SELECT proname::text, prosrc FROM pg_proc WHERE pronamespace = 'apalis'::regnamespace",
+        )
+    )
+
+
+def test_migrate_writes_the_rust_journal_with_every_version_a_rust_06_verify_needs(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
+    flavor.migrate(empty_db)
+    rows = query(
+        empty_db,
+        "SELECT version, run_on IS NOT NULL "
+        "FROM apalis_diesel_postgres.__diesel_schema_migrations ORDER BY 1",
+    )
+    assert rows == [(v, True) for v in RUST_JOURNAL_VERSIONS]
+
+
+def test_migrate_leaves_a_rust_journal_that_has_rows_alone(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
+    rust06_setup(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "DELETE FROM apalis_diesel_postgres.__diesel_schema_migrations "
+            "WHERE version > '20260911'"
+        )
+    flavor.migrate(empty_db)
+    count = "SELECT count(*) FROM apalis_diesel_postgres.__diesel_schema_migrations"
+    assert query(empty_db, count) == [(11,)]
+    assert any("lacks versions 20260912000000" in p for p in flavor.verify(empty_db).problems)
+
+
+def test_verify_names_a_missing_rust_journal(flavor: Flavor, migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA apalis_diesel_postgres CASCADE")
+    problems = flavor.verify(migrated_db).problems
+    assert problems == [
+        "the Rust crate's migration journal apalis_diesel_postgres.__diesel_schema_migrations "
+        "is missing (a Rust 0.6 verify_schema refuses the database): run `apalis-client migrate`"
+    ]
+
+
+def test_migrate_keeps_the_rust_crates_own_function_bodies(
+    flavor: Flavor, migrated_db: str, query: Query
+) -> None:
+    rust06_setup(migrated_db)  # over our schema: it rewrites both functions with its bodies
+    rust_sources = function_sources(migrated_db, query)
+    assert flavor.verify(migrated_db).problems == []
+    report = flavor.migrate(migrated_db)
+    assert (report.applied, report.reconciled) == ([], [])
+    assert function_sources(migrated_db, query) == rust_sources
+
+
+def test_migrate_over_a_rust_06_schema_adds_no_constraint_or_index_again(
+    flavor: Flavor, empty_db: str, query: Query
+) -> None:
+    rust06_setup(empty_db)
+    objects = (
+        "SELECT conname::text, oid::int8 FROM pg_constraint "
+        "WHERE conrelid = 'apalis.jobs'::regclass "
+        "UNION ALL SELECT indexrelid::regclass::text, indexrelid::int8 FROM pg_index "
+        "WHERE indrelid = 'apalis.jobs'::regclass ORDER BY 1"
+    )
+    before = query(empty_db, objects)
+    report = flavor.migrate(empty_db)
+    assert report.reconciled == []
+    assert query(empty_db, objects) == before
+    assert_generation14_shape(empty_db, query)
+    assert flavor.verify(empty_db).problems == []
+
+
+def test_migrate_accepts_the_earlier_text_of_0002_as_applied(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE apalis.apalis_client_migrations SET checksum = %s "
+            "WHERE filename = '0002_generation14.sql'",
+            ("9548b1b2d00ce974a00d6adc15431619fa9b6ec67b160bfc556c25e3c7f96726",),
+        )
+    assert flavor.migrate(migrated_db).applied == []
+    assert flavor.verify(migrated_db).ok
+
+
+def test_verify_names_an_invalid_index_and_migrate_rebuilds_it(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        # What a failed CREATE INDEX CONCURRENTLY leaves: the definition prints the same.
+        conn.execute(
+            "UPDATE pg_index SET indisvalid = false "
+            "WHERE indexrelid = 'apalis.jobs_run_at_idx'::regclass"
+        )
+    problems = flavor.verify(migrated_db).problems
+    assert [p for p in problems if "jobs_run_at_idx" in p] == [
+        "index jobs_run_at_idx is invalid (a failed CREATE INDEX CONCURRENTLY?); rebuild it"
+    ]
+    assert flavor.migrate(migrated_db).reconciled == ["repeatable/30_index_jobs_run_at_idx.sql"]
+    assert flavor.verify(migrated_db).ok
+
+
+def test_verify_names_an_unready_index(flavor: Flavor, migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE pg_index SET indisready = false "
+            "WHERE indexrelid = 'apalis.jobs_job_type_run_at_idx'::regclass"
+        )
+    problems = flavor.verify(migrated_db).problems
+    assert "index jobs_job_type_run_at_idx is not ready for inserts; rebuild it" in problems
+
+
+def test_verify_names_a_not_valid_constraint_and_migrate_validates_it(
+    flavor: Flavor, migrated_db: str, query: Query
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE apalis.jobs DROP CONSTRAINT jobs_active_owner_check")
+        conn.execute(
+            "ALTER TABLE apalis.jobs ADD CONSTRAINT jobs_active_owner_check "
+            "CHECK (status NOT IN ('Queued', 'Running') OR lock_by IS NOT NULL) NOT VALID"
+        )
+    problems = flavor.verify(migrated_db).problems
+    assert problems == [
+        "constraint jobs_active_owner_check is NOT VALID (rows were never checked against it)"
+    ]
+    report = flavor.migrate(migrated_db)
+    assert report.reconciled == ["repeatable/40_constraint_jobs_active_owner_check.sql"]
+    assert flavor.verify(migrated_db).ok
+
+
+def test_verify_names_a_deferrable_constraint(flavor: Flavor, migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE apalis.jobs ALTER CONSTRAINT jobs_lock_by_worker_type_fkey "
+            "DEFERRABLE INITIALLY DEFERRED"
+        )
+    assert flavor.verify(migrated_db).problems == [
+        "constraint jobs_lock_by_worker_type_fkey is DEFERRABLE (it must be checked at once)"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_migrate_gives_up_after_lock_timeout_while_a_rust_setup_holds_its_lock(
+    kind: str, migrated_db: str
+) -> None:
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute(
+            "SELECT pg_advisory_xact_lock("
+            "hashtext('apalis_diesel_postgres'), hashtext('migrations'))"
+        )
+        started = time.monotonic()
+        with pytest.raises(
+            apalis_client.DatabaseError,
+            match=r"migrate failed: a lock was not granted within lock_timeout=0\.5s: another "
+            r"migrator \(a Rust setup\(\) or another apalis-client migrate\)",
+        ):
+            if kind == "sync":
+                with psycopg.connect(migrated_db, autocommit=True) as conn:
+                    apalis_client.migrate(conn, lock_timeout=0.5)
+            else:
+
+                async def go() -> None:
+                    async with await psycopg.AsyncConnection.connect(
+                        migrated_db, autocommit=True
+                    ) as conn:
+                        await apalis_client.migrate_async(conn, lock_timeout=0.5)
+
+                asyncio.run(go())
+        assert time.monotonic() - started < 10
+        holder.rollback()
+
+
+def test_migrate_refuses_a_non_positive_lock_timeout_before_any_sql(migrated_db: str) -> None:
+    with (
+        psycopg.connect(migrated_db, autocommit=True) as conn,
+        pytest.raises(apalis_client.InvalidArgument, match="lock_timeout must be positive"),
+    ):
+        apalis_client.migrate(conn, lock_timeout=0)
+
+
+def test_python_migrate_and_a_rust_setup_started_together_both_succeed_ten_times(
+    databases: Databases, tmp_path: Path, query: Query
+) -> None:
+    script = tmp_path / "rust06_setup.sql"
+    script.write_text(rust06_setup_text(), encoding="utf-8")
+    firsts: list[str] = []
+    for round_no in range(10):
+        url = databases.create()
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "apalis_client", "migrate", "--database-url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # Stagger the Rust side across Python's start-up so each goes first in some rounds.
+        time.sleep(0.15 * round_no)
+        rust = subprocess.run(
+            ["psql", url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"},
+        )
+        _, err = migrate.communicate(timeout=120)
+        assert (rust.returncode, rust.stderr) == (0, ""), round_no
+        assert (migrate.returncode, err) == (0, b""), round_no
+        assert_generation14_shape(url, query)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert apalis_client.verify_schema(conn).problems == []
+        # Who created the schema went first (for the record: both orders should occur).
+        (python_first,) = query(
+            url,
+            "SELECT n.xmin = m.xmin FROM pg_namespace n, apalis.apalis_client_migrations m "
+            "WHERE n.nspname = 'apalis' AND m.filename = '0001_base.sql'",
+        )[0]
+        firsts.append("python" if python_first else "rust")
+    print("first migrator per round:", firsts)

@@ -661,14 +661,13 @@ def test_future_run_at_is_not_claimable_before_it(migrated_db: str, open_session
     )
     due = s.push("sched", "now")
     with psycopg.connect(migrated_db, autocommit=True) as conn:
-        keep_alive.register_worker(
+        keep_alive.upsert_worker(
             conn,
             worker_id="w1",
             queue="sched",
             storage_name="PostgresStorage",
             layers="",
             lease_token=str(ULID()),
-            orphan_threshold_secs=300.0,
         )
         claimed = lock.claim_next(conn, queue="sched", batch=10, worker_id="w1", lease_token=None)
         again = lock.claim_next(conn, queue="sched", batch=10, worker_id="w1", lease_token=None)

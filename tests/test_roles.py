@@ -16,10 +16,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import apalis_client
-from apalis_client import IdempotencyConflict, Task, TaskId
+from apalis_client import IdempotencyConflict, Outcome, Task, TaskId, worker_ops
 from apalis_client.errors import PermissionDenied, database_errors, translate_error
 from apalis_client.grants import grant_statements
-from apalis_generated import ack, admin, keep_alive, lock, reenqueue
+from apalis_generated import admin
 
 QUEUE = "roles"
 
@@ -154,49 +154,27 @@ def test_worker_registers_claims_acks_and_reenqueues(
 ) -> None:
     worker = roles.create("worker")
     _apply(migrated_db, grant_statements(worker=worker))
-    _seed(migrated_db, 2)
+    _seed(migrated_db, 3)
     with psycopg.connect(roles.url(migrated_db, worker), autocommit=True) as conn:
-        reg = keep_alive.register_worker(
-            conn,
-            worker_id="w1",
-            queue=QUEUE,
-            storage_name="PostgresStorage",
-            layers="",
-            lease_token="lease-1",
-            orphan_threshold_secs=300.0,
-        )
-        assert reg is not None
-        claimed = lock.claim_next(conn, queue=QUEUE, lease_token="lease-1", worker_id="w1", batch=2)
+        lease = worker_ops.register_worker(conn, QUEUE, "w1")
+        claimed = worker_ops.claim_next(conn, lease, batch=2)
         assert len(claimed) == 2
-        done = claimed[0]
-        assert done.lock_at is not None
-        assert (
-            ack.ack(
-                conn,
-                outcome="Done",
-                result={"Ok": None},
-                id=done.id,
-                queue=QUEUE,
-                worker_id="w1",
-                lock_at=done.lock_at,
-                attempts=done.attempts,
-                lease_token="lease-1",
-            )
-            == 1
-        )
-        assert keep_alive.heartbeat(conn, worker_id="w1", queue=QUEUE, lease_token="lease-1") == 1
+        worker_ops.ack(conn, lease, claimed[0], Outcome.success())
+        worker_ops.heartbeat(conn, lease)
+        # A stale peer's claim is handed back by this worker's sweep.
+        peer = worker_ops.register_worker(conn, QUEUE, "w2")
+        (held,) = worker_ops.claim_next(conn, peer, batch=1)
         conn.execute(
-            "UPDATE apalis.workers SET last_seen = %s WHERE id = 'w1'",
+            "UPDATE apalis.workers SET last_seen = %s WHERE id = 'w2'",
             (datetime(2000, 1, 1, tzinfo=timezone.utc),),
         )
-        back = reenqueue.reenqueue_orphans(conn, queue=QUEUE, orphan_threshold_secs=60.0)
-        assert [r.id for r in back] == [claimed[1].id]
-        assert (
-            keep_alive.deregister_worker(conn, worker_id="w1", queue=QUEUE, lease_token="lease-1")
-            == 1
-        )
+        swept = worker_ops.reenqueue_orphans(conn, QUEUE, orphan_threshold=60.0)
+        assert swept.requeued == [held.id]
+        released = worker_ops.release_worker(conn, lease)
+        assert released is not None and released.requeued == [claimed[1].id]
     assert query(migrated_db, "SELECT status FROM apalis.jobs ORDER BY status") == [
         ("Done",),
+        ("Pending",),
         ("Pending",),
     ]
 

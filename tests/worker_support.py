@@ -6,8 +6,11 @@ they talk to the test database named by $APALIS_TEST_RECORD_URL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from ulid import ULID
 
@@ -122,11 +126,16 @@ class Background:
         return self.stats
 
 
-def spawn_worker(url: str, queue: str, handler: str, *extra: str) -> subprocess.Popen[str]:
-    """Start ``apalis-client worker`` in a subprocess with this folder importable."""
+def spawn_worker(
+    url: str, queue: str, handler: str, *extra: str, record_url: str | None = None
+) -> subprocess.Popen[str]:
+    """Start ``apalis-client worker`` in a subprocess with this folder importable.
+
+    Handlers record their runs through ``record_url`` (default: ``url``).
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
-    env["APALIS_TEST_RECORD_URL"] = url
+    env["APALIS_TEST_RECORD_URL"] = record_url or url
     return subprocess.Popen(
         [
             sys.executable,
@@ -145,6 +154,120 @@ def spawn_worker(url: str, queue: str, handler: str, *extra: str) -> subprocess.
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+class Proxy:
+    """A small TCP proxy in front of the test server, for faults between client and server.
+
+    ``url`` is the database URL through the proxy. ``cut_reply_containing(needle)`` arms it:
+    the first server-to-client chunk holding ``needle`` is dropped and that connection closed
+    on both sides (the statement committed, its reply never arrives). ``down()`` closes every
+    connection and refuses new ones (the server looks unreachable) until ``up()``.
+    """
+
+    def __init__(self, url: str) -> None:
+        params = conninfo_to_dict(url)
+        port = int(params.get("port") or 5432)
+        host = str(params.get("host") or "127.0.0.1").split(",")[0]
+        # A socket directory (the embedded server) or a TCP host.
+        self.target: str | tuple[str, int] = (
+            f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+        )
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = make_conninfo(url, host="127.0.0.1", port=self.listener.getsockname()[1])
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.needle: bytes | None = None
+        self.cut_at: float | None = None
+        self.is_down = False
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_reply_containing(self, needle: bytes) -> None:
+        """Drop the first reply holding ``needle`` and close its connection."""
+        with self.lock:
+            self.needle, self.cut_at = needle, None
+
+    def down(self) -> None:
+        """Close every proxied connection and refuse new ones."""
+        with self.lock:
+            self.is_down = True
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            self._close(pair)
+
+    def up(self) -> None:
+        """Accept and forward connections again."""
+        with self.lock:
+            self.is_down = False
+
+    def close(self) -> None:
+        """Stop the proxy and close every connection."""
+        self.closed = True
+        self.down()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                refuse = self.is_down
+            if refuse:
+                client.close()
+                continue
+            try:
+                if isinstance(self.target, str):
+                    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    server.connect(self.target)
+                else:
+                    server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            pair = (client, server)
+            with self.lock:
+                self.pairs.append(pair)
+            threading.Thread(target=self._pump, args=(pair,), daemon=True).start()
+
+    def _pump(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        client, server = pair
+        try:
+            while True:
+                ready, _, _ = select.select([client, server], [], [], 0.5)
+                with self.lock:
+                    if pair not in self.pairs:
+                        return
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    if src is server and self._should_cut(data):
+                        return
+                    (server if src is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                if pair in self.pairs:
+                    self.pairs.remove(pair)
+            self._close(pair)
+
+    def _should_cut(self, data: bytes) -> bool:
+        with self.lock:
+            if self.needle is None or self.needle not in data:
+                return False
+            self.needle, self.cut_at = None, time.monotonic()
+            return True
+
+    @staticmethod
+    def _close(pair: tuple[socket.socket, socket.socket]) -> None:
+        for sock in pair:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def ago(seconds: float) -> datetime:
@@ -197,6 +320,29 @@ def slow(args: dict[str, float]) -> str:
     )
     time.sleep(args["seconds"])
     return "finished"
+
+
+def hang_once(args: dict[str, int]) -> int:
+    """Record the run; the first run of a task hangs (the test SIGKILLs it), later ones return."""
+    conn = _conn()
+    earlier = conn.execute("SELECT count(*) FROM test_runs WHERE n = %s", (args["n"],)).fetchone()
+    conn.execute(
+        "INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
+        (args["n"], os.getpid(), time.time()),
+    )
+    if earlier is None or earlier[0] == 0:
+        time.sleep(3600)
+    return args["n"]
+
+
+def sleep_for(args: dict[str, float]) -> int:
+    """Record the start of task ``args['n']``, then sleep ``args['seconds']``."""
+    _conn().execute(
+        "INSERT INTO test_runs (n, pid, started) VALUES (%s, %s, %s)",
+        (int(args["n"]), os.getpid(), time.time()),
+    )
+    time.sleep(args["seconds"])
+    return int(args["n"])
 
 
 CREATE_RUNS = (
