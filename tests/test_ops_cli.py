@@ -171,7 +171,9 @@ def test_a_fresh_migrate_lists_what_it_applied_not_a_reconciled_list(
 ) -> None:
     code, out, err = run(capsys, "migrate", "--database-url", empty_db)
     assert (code, err) == (0, "")
-    assert out == "schema migrated: applied 0001_base.sql, 0002_generation14.sql\n"
+    assert out == (
+        "schema migrated: applied 0001_base.sql, 0002_generation14.sql, 0003_rust_journal.sql\n"
+    )
     assert run(capsys, "migrate", "--database-url", empty_db)[1] == (
         "schema up to date: nothing to do\n"
     )
