@@ -27,7 +27,7 @@ def sync_twins(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace, bool
     )
 
     def step(args: argparse.Namespace, check: bool) -> list[str]:
-        from apalis_codegen import unasync
+        from tools import unasync
 
         try:
             return unasync.check(args.client) if check else unasync.write(args.client)

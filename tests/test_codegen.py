@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from apalis_codegen import unasync
 from apalis_codegen.main import main as codegen_main
 from apalis_codegen.render import TEMPLATES
+from tools import unasync
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "basic"

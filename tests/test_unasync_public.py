@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apalis_codegen import unasync
+from tools import unasync
 
 REPO = Path(__file__).resolve().parent.parent
 UNASYNC = Path(__file__).resolve().parent / "golden" / "unasync"

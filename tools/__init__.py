@@ -1,0 +1,1 @@
+"""Repository tools: run from a checkout, never shipped in the wheel."""
