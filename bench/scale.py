@@ -46,7 +46,7 @@ CHUNK = 250_000
 HISTORY_INSERT = """
 INSERT INTO apalis.jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority,
                          metadata)
-SELECT '\\x7b7d', 'H' || lpad(i::text, 25, '0'), %(queue)s, 'Pending', 0, 5,
+SELECT '\\x7b7d', %(prefix)s || lpad(i::text, 25, '0'), %(queue)s, 'Pending', 0, 5,
        now() - interval '30 days' + (i %% 2592000) * interval '1 second', 0, '{}'
   FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
 """
@@ -55,7 +55,15 @@ UPDATE apalis.jobs
    SET status = 'Done', attempts = 1, lock_by = %(worker)s,
        lock_at = date_trunc('second', run_at), done_at = run_at + interval '1 second',
        last_result = '{"Ok": null}'
- WHERE id BETWEEN 'H' || lpad(%(first)s::text, 25, '0') AND 'H' || lpad(%(last)s::text, 25, '0')
+ WHERE id BETWEEN %(prefix)s || lpad(%(first)s::text, 25, '0')
+                AND %(prefix)s || lpad(%(last)s::text, 25, '0')
+"""
+RESET_AUTOVACUUM = """
+ALTER TABLE apalis.jobs RESET (
+    autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,
+    autovacuum_vacuum_insert_scale_factor, autovacuum_vacuum_insert_threshold,
+    autovacuum_analyze_scale_factor, autovacuum_analyze_threshold, autovacuum_vacuum_cost_delay
+)
 """
 STALE_WORKERS = """
 INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
@@ -78,6 +86,7 @@ class Stage:
     lat_hist: list[float] = field(default_factory=list)  # p50 claim ms per round
     lat_ctl: list[float] = field(default_factory=list)
     table: dict[str, Any] = field(default_factory=dict)
+    settle: float | None = None  # seconds given to autovacuum after the churn
 
     def ratios(self) -> list[float]:
         return [h / c for h, c in zip(self.tp_hist, self.tp_ctl, strict=True)]
@@ -153,7 +162,7 @@ def explain_claim(url: str) -> str:
     return plan
 
 
-def grow_history(url: str, have: int, want: int) -> None:
+def grow_history(url: str, have: int, want: int, prefix: str = "H") -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO apalis.workers (id, worker_type, storage_name) VALUES (%s, %s, %s)"
@@ -162,10 +171,44 @@ def grow_history(url: str, have: int, want: int) -> None:
         )
         for first in range(have + 1, want + 1, CHUNK):
             last = min(first + CHUNK - 1, want)
-            p = {"queue": QUEUE, "first": first, "last": last, "worker": HISTORY_WORKER}
+            p = {
+                "queue": QUEUE,
+                "first": first,
+                "last": last,
+                "worker": HISTORY_WORKER,
+                "prefix": prefix,
+            }
             conn.execute(HISTORY_INSERT, p)
             conn.execute(HISTORY_ACK, p)
-            print(f"  history: {last:,} rows", file=sys.stderr, flush=True)
+            print(f"  {prefix} history: {last:,} rows", file=sys.stderr, flush=True)
+
+
+AUTOVACUUM_COUNT = """
+SELECT autovacuum_count FROM pg_stat_user_tables WHERE schemaname = 'apalis' AND relname = 'jobs'
+"""
+
+
+def autovacuums(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(AUTOVACUUM_COUNT).fetchone()
+    return int(row[0]) if row else 0
+
+
+def churn_and_settle(url: str, rows: int, prefix: str, wait: float | None, limit: float) -> float:
+    """``rows`` tasks pushed and finished (a day of traffic), then time for autovacuum.
+
+    ``wait=None``: wait until an autovacuum of apalis.jobs has finished (at most ``limit``
+    seconds) and return how long that took; else wait ``wait`` seconds.
+    """
+    before = autovacuums(url)
+    grow_history(url, 0, rows, prefix)
+    started = time.perf_counter()
+    if wait is not None:
+        time.sleep(wait)
+        return wait
+    while time.perf_counter() - started < limit and autovacuums(url) == before:
+        time.sleep(1.0)
+    return time.perf_counter() - started
 
 
 def table_stats(url: str) -> dict[str, Any]:
@@ -220,8 +263,9 @@ def report(
     for s in stages:
         t = s.table
         rows = f"{t.get('live', 0):,} / {t.get('dead', 0):,}" if t else "-"
+        name = s.name if s.settle is None else f"{s.name} ({s.settle:.0f} s after the churn)"
         lines.append(
-            f"| {s.name} | {rows} | {rng(s.tp_hist)} | {rng(s.tp_ctl)} | {rng(s.ratios(), 2)} "
+            f"| {name} | {rows} | {rng(s.tp_hist)} | {rng(s.tp_ctl)} | {rng(s.ratios(), 2)} "
             f"| {rng(s.lat_hist, 2)} | {rng(s.lat_ctl, 2)} | {rng(s.lat_ratios(), 2)} |"
         )
     lines += [
@@ -276,6 +320,30 @@ def databases(url: str) -> Iterator[tuple[str, str]]:
         yield hist, ctl
 
 
+@contextlib.contextmanager
+def autovacuum_on(url: str, enable: bool) -> Iterator[None]:
+    """Autovacuum on for the run: the churn stages measure what it does."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SHOW autovacuum").fetchone()
+        if row is not None and row[0] == "on":
+            yield
+            return
+        if not enable:
+            raise SystemExit(
+                "this server runs with autovacuum = off, so no table is ever vacuumed on its own;"
+                " pass --enable-autovacuum (superuser: ALTER SYSTEM, reset afterwards)"
+            )
+        conn.execute("ALTER SYSTEM SET autovacuum = on")
+        conn.execute("SELECT pg_reload_conf()")
+        print("autovacuum turned on for the run (ALTER SYSTEM)", file=sys.stderr)
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET autovacuum")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def label(n: int) -> str:
     if n >= 1_000_000 and n % 1_000_000 == 0:
         return f"{n // 1_000_000}M history"
@@ -294,6 +362,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--workers", type=int, default=100_000, help="stale worker rows to prune")
     p.add_argument("--explain", action="store_true", help="EXPLAIN the claim at each stage")
+    p.add_argument(
+        "--churn",
+        type=int,
+        default=200_000,
+        help="at each size, tasks pushed and finished after the history settled, before the "
+        "measurement, once with PostgreSQL's default autovacuum and once tuned (0: neither)",
+    )
+    p.add_argument(
+        "--skip-fresh",
+        action="store_true",
+        help="do not measure right after writing the history (its dead tuples not vacuumed "
+        "yet: slow at millions of rows), only the settled-and-churned stages",
+    )
+    p.add_argument(
+        "--settle-limit", type=float, default=600.0, help="seconds to wait for autovacuum"
+    )
+    p.add_argument(
+        "--enable-autovacuum",
+        action="store_true",
+        help="if the server runs with autovacuum = off (some CI images do), turn it on with "
+        "ALTER SYSTEM for the run and reset it afterwards (superuser)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -302,18 +392,47 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",")})
     stages: list[Stage] = []
-    with databases(args.database_url) as (hist, ctl):
+    with (
+        autovacuum_on(args.database_url, args.enable_autovacuum),
+        databases(args.database_url) as (hist, ctl),
+    ):
         from apalis_client import admin
+        from apalis_client.tuning import tune_autovacuum
 
         have = 0
+        prefixes = iter("CDEFGJKMNP")  # one id prefix per churn
         for size in sizes:
             grow_history(hist, have, size)
             have = size
             with psycopg.connect(hist, autocommit=True) as conn:
                 conn.execute("CHECKPOINT")
-            stage = Stage(label(size), size)
-            measure(stage, hist, ctl, args)
-            stages.append(stage)
+            if size == 0 or not args.skip_fresh:
+                stage = Stage(label(size), size)
+                measure(stage, hist, ctl, args)
+                stages.append(stage)
+            if not args.churn or not size:
+                continue
+            # Settled history (vacuumed, as autovacuum eventually leaves it), then a day's
+            # churn: tuned autovacuum first, timing how long it takes to catch up; then the
+            # default settings, given the same time.
+            with psycopg.connect(hist, autocommit=True) as conn:
+                conn.execute("VACUUM (ANALYZE) apalis.jobs")
+                tune_autovacuum(conn)
+            took = churn_and_settle(hist, args.churn, next(prefixes), None, args.settle_limit)
+            tuned = Stage(f"{label(size)} + {args.churn // 1000}k churn, autovacuum tuned", size)
+            tuned.settle = took
+            measure(tuned, hist, ctl, args)
+            stages.append(tuned)
+            with psycopg.connect(hist, autocommit=True) as conn:
+                conn.execute(RESET_AUTOVACUUM)
+                conn.execute("VACUUM (ANALYZE) apalis.jobs")
+            churn_and_settle(hist, args.churn, next(prefixes), took, args.settle_limit)
+            default = Stage(
+                f"{label(size)} + {args.churn // 1000}k churn, default autovacuum", size
+            )
+            default.settle = took
+            measure(default, hist, ctl, args)
+            stages.append(default)
         with psycopg.connect(hist, autocommit=True) as conn:
             done = admin.vacuum(conn, QUEUE)
         purge = (done.deleted, done.seconds)

@@ -1,0 +1,18 @@
+-- Autovacuum for a busy queue table, applied on request (`apalis-client migrate
+-- --tune-autovacuum`), never by a plain migrate.
+--
+-- Every claim and every ack updates a row out of the partial jobs_dequeue_idx, leaving a dead
+-- entry there that only VACUUM removes; the claim walks those entries in index order before it
+-- reaches a claimable row. PostgreSQL's default waits for dead rows worth 20% of the table, so
+-- a table holding millions of finished tasks lets hundreds of thousands of dead entries pile up
+-- in front of every claim. These settings vacuum after a fixed number of changed rows instead,
+-- unthrottled. Undo with ALTER TABLE apalis.jobs RESET (...) of the same names.
+ALTER TABLE apalis.jobs SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 10000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 10000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 10000,
+    autovacuum_vacuum_cost_delay = 0
+);
