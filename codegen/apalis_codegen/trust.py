@@ -49,10 +49,10 @@ from psycopg import pq
 
 from apalis_codegen.parse import QueryFileError, Statement
 
-# "error": refuse (the generator fails, naming file:line); "warn": print and go on. Phase 1 of
-# the capture work ships "warn" so the repository's own queries still generate until they are
-# qualified; set APALIS_CODEGEN_TRUST=error to enforce now.
-DEFAULT_MODE = "warn"
+# "error": refuse (the generator fails, naming file:line); "warn": print and go on. Every query
+# in queries/ is qualified, so the default refuses; APALIS_CODEGEN_TRUST=warn is for users
+# migrating their own SQL.
+DEFAULT_MODE = "error"
 MODE_VARIABLE = "APALIS_CODEGEN_TRUST"
 
 Node = dict[str, Any]
