@@ -9,7 +9,8 @@
 SELECT w.id
   FROM apalis.workers AS w
  WHERE w.worker_type = @queue
-   AND extract(epoch FROM clock_timestamp() - w.last_seen) OPERATOR(pg_catalog.>=) @orphan_threshold_secs::float8
+   AND extract(epoch FROM clock_timestamp() - w.last_seen)
+       OPERATOR(pg_catalog.>=) @orphan_threshold_secs::float8
    AND EXISTS (
         SELECT 1
           FROM apalis.jobs AS j
