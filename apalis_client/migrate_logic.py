@@ -23,6 +23,7 @@ from apalis_client.errors import (
     InvalidArgument,
     MigrationChecksumMismatch,
     SchemaError,
+    translate_error,
 )
 
 # One fixed key so every apalis-client process serializes schema changes; taken after the
@@ -337,7 +338,8 @@ def _translate(operation: str, lock_timeout: float | None = None) -> Iterator[No
             f"lock_timeout ({str(exc).strip()})",
         ) from exc
     except psycopg.Error as exc:
-        raise DatabaseError(operation, str(exc).strip() or type(exc).__name__) from exc
+        # One boundary: a lost connection is ConnectionFailed, a missing grant PermissionDenied.
+        raise translate_error(operation, exc) from exc
 
 
 def _check_idle(status: psycopg.pq.TransactionStatus, operation: str) -> None:

@@ -91,7 +91,7 @@ UPDATE apalis.jobs
 UPDATE apalis.jobs
    SET status = 'Killed',
        done_at = clock_timestamp(),
-       last_result = jsonb_build_object('Err', @reason::text)
+       last_result = pg_catalog.jsonb_build_object('Err', @reason::text)
  WHERE id = @id
    AND (status IN ('Pending', 'Queued', 'Running')
         OR (status = 'Failed' AND attempts < max_attempts))
@@ -103,7 +103,7 @@ RETURNING *;
 UPDATE apalis.jobs
    SET status = 'Killed',
        done_at = clock_timestamp(),
-       last_result = jsonb_build_object('Err', @reason::text)
+       last_result = pg_catalog.jsonb_build_object('Err', @reason::text)
  WHERE job_type = @queue
    AND status = @status::text
    AND (status IN ('Pending', 'Queued', 'Running')

@@ -20,14 +20,14 @@ WITH target AS (
     UPDATE apalis.jobs AS j
        SET status = 'Killed',
            done_at = clock_timestamp(),
-           last_result = jsonb_build_object('Err', 'cancelled by operator'::text)
+           last_result = pg_catalog.jsonb_build_object('Err', 'cancelled by operator'::text)
       FROM target
      WHERE j.id = target.id
     RETURNING j.id, j.job_type, j.lock_by, j.attempts, target.previous_status
 ), notified AS (
     SELECT pg_notify(
                'apalis_client::cancel',
-               json_build_object(
+               pg_catalog.json_build_object(
                    'id', k.id,
                    'job_type', k.job_type,
                    'worker_id', k.lock_by,

@@ -13,7 +13,7 @@ SELECT pg_advisory_xact_lock(hashtext('apalis_diesel_postgres'), hashtext('migra
 
 -- name: lock_schema :exec
 -- This client's own lock, also transaction-scoped (taken after the Rust one).
-SELECT pg_advisory_xact_lock(@key);
+SELECT pg_catalog.pg_advisory_xact_lock(@key);
 
 -- name: rust_journal_present :one
 -- Whether the Rust crate 0.6 migration journal exists.
@@ -84,7 +84,7 @@ SELECT p.proname::text AS name,
        pg_get_function_arguments(p.oid) AS arguments,
        pg_get_function_result(p.oid) AS result,
        p.prosrc AS source,
-       coalesce(array_to_string(p.proconfig, ';'), '') AS config,
+       coalesce(pg_catalog.array_to_string(p.proconfig, ';'), '') AS config,
        p.prosecdef AS security_definer,
        p.provolatile::text AS volatility,
        l.lanname::text AS language

@@ -26,10 +26,10 @@ WITH locked AS MATERIALIZED (
 )
 SELECT (sampled.lease_token IS NOT DISTINCT FROM @lease_token::text
         OR extract(epoch FROM sampled.observed_at - sampled.last_seen)
-           >= @orphan_threshold_secs::float8) AS allowed,
+           OPERATOR(pg_catalog.>=) @orphan_threshold_secs::float8) AS allowed,
        (sampled.lease_token IS DISTINCT FROM @lease_token::text
         OR extract(epoch FROM sampled.observed_at - sampled.last_seen)
-           >= @orphan_threshold_secs::float8) AS taken_over
+           OPERATOR(pg_catalog.>=) @orphan_threshold_secs::float8) AS taken_over
   FROM sampled;
 
 -- name: upsert_worker :one
@@ -92,7 +92,7 @@ SELECT w.id
 -- of the same id registers at once. The row stays: finished tasks name it.
 UPDATE apalis.workers
    SET lease_token = NULL,
-       last_seen = to_timestamp(0)
+       last_seen = pg_catalog.to_timestamp(0)
  WHERE id = @worker_id
    AND worker_type = @queue
    AND lease_token = @lease_token;

@@ -9,7 +9,8 @@
 SELECT w.id
   FROM apalis.workers AS w
  WHERE w.worker_type = @queue
-   AND extract(epoch FROM clock_timestamp() - w.last_seen) >= @orphan_threshold_secs::float8
+   AND extract(epoch FROM clock_timestamp() - w.last_seen)
+       OPERATOR(pg_catalog.>=) @orphan_threshold_secs::float8
    AND EXISTS (
         SELECT 1
           FROM apalis.jobs AS j
@@ -77,7 +78,7 @@ UPDATE apalis.jobs AS j
        lock_at = NULL,
        last_result = CASE
            WHEN d.killed OR (d.charged AND j.last_result IS NULL)
-               THEN jsonb_build_object('Err', @message::text)
+               THEN pg_catalog.jsonb_build_object('Err', @message::text)
            ELSE j.last_result
        END
   FROM decided AS d
