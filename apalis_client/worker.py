@@ -32,6 +32,10 @@ from apalis_client import worker_ops as ops
 from apalis_client._retention import log_operator_kills, retention_loop
 from apalis_client.config import Config, WorkerConfig
 from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
+from apalis_client.handler_options import ResolvedOptions, resolve
+from apalis_client.retry import RetryPolicy, ack_delay
+from apalis_client.tasklog import log_failure, log_finished
+from apalis_client.timeouts import timeout_message
 from apalis_client.worker_logic import (
     NOTIFY_CHANNEL,
     Backoff,
@@ -56,8 +60,18 @@ _MAX_NOTIFIED = 1000
 # WorkerStats keeps the first stale ids for inspection; the count is always exact.
 _MAX_STALE_IDS = 1000
 
+
+@dataclass(frozen=True)
+class _Result:
+    """What a handler call produced: the outcome, the exception behind a failure, its time."""
+
+    outcome: Outcome
+    exc: BaseException | None
+    duration: float
+
+
 # A running handler: an asyncio task (async handlers) or a thread pool future (sync ones).
-_Running = asyncio.Future[Outcome] | concurrent.futures.Future[Outcome]
+_Running = asyncio.Future[_Result] | concurrent.futures.Future[_Result]
 
 
 @dataclass
@@ -97,6 +111,11 @@ class Worker:
     registering and after every reconnect it reconciles: claims in its name that it is
     not running (a claim whose reply was lost) are handed back.
 
+    ``retry`` is the backoff of a failed attempt that will be retried (a policy, a callable
+    ``attempt -> seconds`` or constant seconds; default
+    :data:`~apalis_client.retry.DEFAULT_RETRY`); ``timeout`` the default time limit of
+    a handler in seconds (default none). ``@handler_options`` on the handler wins over both.
+
     ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
     ``worker.stop()`` (any thread) asks for a graceful stop.
     """
@@ -110,6 +129,8 @@ class Worker:
         concurrency: int = 1,
         worker_id: str | None = None,
         config: WorkerConfig | None = None,
+        retry: RetryPolicy | Callable[[int], float] | float | None = None,
+        timeout: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
@@ -124,6 +145,8 @@ class Worker:
         self.queue = limits.check_queue(queue)
         self.handler = handler
         self.spec: HandlerSpec = inspect_handler(handler)
+        # The handler's @handler_options over these defaults (checked here, before any run).
+        self.options: ResolvedOptions = resolve(handler, worker_timeout=timeout, worker_retry=retry)
         self.conninfo = conninfo
         self.concurrency = concurrency
         self.worker_id = worker_id or (
@@ -213,12 +236,18 @@ class _Run:
         self.in_flight: dict[_Running, Job] = {}
         # Thread pool handlers that finished, handed to the loop in bursts: one loop wake-up
         # for however many finish meanwhile, not one asyncio future and wake-up per task.
-        self.thread_done: collections.deque[concurrent.futures.Future[Outcome]] = (
+        self.thread_done: collections.deque[concurrent.futures.Future[_Result]] = (
             collections.deque()
         )
         self.handoff_pending = False
         self.loop = asyncio.get_running_loop()
         self.completed: list[tuple[Job, Outcome]] = []
+        # The retry backoff of each completion (by task id), drawn once when it finished.
+        self.delays: dict[str, float] = {}
+        # Sync handlers with a time limit: when each is due (monotonic). Past it, the task
+        # is recorded failed and its slot freed; the thread runs on, its result discarded.
+        self.deadlines: dict[concurrent.futures.Future[_Result], float] = {}
+        self.abandoned = 0
         self.notified: dict[str, None] = {}
         self.lease_lost = False
         self.executor: ThreadPoolExecutor | None = None
@@ -256,8 +285,12 @@ class _Run:
             )
             await ops.reconcile_worker_async(self.conn, self.lease, [])
             if not self.w.spec.is_async:
+                # Spare threads so that a timed-out handler, which cannot be stopped, does
+                # not keep its slot: the next task gets a fresh thread.
+                spare = self.w.concurrency if self.w.options.timeout is not None else 0
                 self.executor = ThreadPoolExecutor(
-                    max_workers=self.w.concurrency, thread_name_prefix=f"apalis-{self.w.queue}"
+                    max_workers=self.w.concurrency + spare,
+                    thread_name_prefix=f"apalis-{self.w.queue}",
                 )
             background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
             if self.cfg.retention_window is not None:
@@ -411,6 +444,12 @@ class _Run:
             timeout = None
             if self._free_slots() > 0:
                 timeout = max(0.0, next_poll - time.monotonic())
+            due = self._expire()
+            if self.completed:
+                continue
+            if due is not None:
+                until_due = max(0.0, due - time.monotonic())
+                timeout = until_due if timeout is None else min(timeout, until_due)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
 
@@ -423,7 +462,10 @@ class _Run:
         conn, lease = self._db()
         # Completions waiting for their ack go with the claim: one round trip, one commit.
         with self._taking_completions() as done:
-            report, claimed = await ops.ack_and_claim_async(conn, lease, done, batch=free, ids=ids)
+            report, claimed = await ops.ack_and_claim_async(
+                conn, lease, done, batch=free, ids=ids, delays=self._delays_of(done)
+            )
+        self._forget_delays(done)
         self._count_acks(report)
         await log_operator_kills(conn, lease.worker_id, report.stale)
         if claimed:
@@ -439,11 +481,11 @@ class _Run:
             args = spec.decode(job.job)
         except ValueError as exc:
             # A failed attempt, as a Rust worker records it (Killed once attempts run out).
-            log.error("task %s failed: %s", job.id, exc)
-            self.completed.append((job, Outcome.failure(str(exc))))
+            self._complete(job, Outcome.failure(str(exc)), exc, 0.0)
             return
+        limit = self.w.options.timeout
         if spec.is_async:
-            task = asyncio.ensure_future(_call_async(spec, args))
+            task = asyncio.ensure_future(_call_async(spec, args, limit))
             self.in_flight[task] = job
             task.add_done_callback(self._on_done)
         else:
@@ -451,9 +493,11 @@ class _Run:
                 raise RuntimeError("a sync handler needs the worker's thread pool")
             future = self.executor.submit(_call_sync, spec, args)
             self.in_flight[future] = job
+            if limit is not None:
+                self.deadlines[future] = time.monotonic() + limit
             future.add_done_callback(self._on_thread_done)
 
-    def _on_thread_done(self, future: concurrent.futures.Future[Outcome]) -> None:
+    def _on_thread_done(self, future: concurrent.futures.Future[_Result]) -> None:
         """In the pool thread that ran the handler: queue the result and wake the loop once."""
         self.thread_done.append(future)
         if self.handoff_pending:
@@ -469,25 +513,80 @@ class _Run:
             self._on_done(self.thread_done.popleft())
 
     def _on_done(self, fut: _Running) -> None:
+        if isinstance(fut, concurrent.futures.Future):
+            self.deadlines.pop(fut, None)
         job = self.in_flight.pop(fut, None)
         if job is None:
-            return  # already acked as timed out at shutdown
+            # Already recorded (timed out, or given up at shutdown): a stale late result.
+            if isinstance(fut, concurrent.futures.Future) and self.abandoned:
+                self.abandoned -= 1
+            log.info("a late result of an abandoned handler was discarded")
+            return
         if fut.cancelled():
             outcome = Outcome.failure("task cancelled: the worker shut down before it finished")
+            self._complete(job, outcome, None, 0.0)
         else:
             exc = fut.exception()
-            outcome = outcome_for_exception(exc) if exc is not None else fut.result()
-        self.completed.append((job, outcome))
+            if exc is not None:
+                self._complete(job, outcome_for_exception(exc), exc, 0.0)
+            else:
+                result = fut.result()
+                self._complete(job, result.outcome, result.exc, result.duration)
         self.wake.set()
+
+    def _expire(self) -> float | None:
+        """Record the sync handlers past their limit as failed; the next deadline, if any."""
+        if not self.deadlines:
+            return None
+        now = time.monotonic()
+        limit = self.w.options.timeout or 0.0
+        for fut, due in list(self.deadlines.items()):
+            if due > now:
+                continue
+            del self.deadlines[fut]
+            job = self.in_flight.pop(fut, None)
+            if job is None:
+                continue
+            self.abandoned += 1
+            self._complete(
+                job, Outcome.failure(timeout_message(limit, is_async=False)), None, limit
+            )
+        return min(self.deadlines.values(), default=None)
 
     async def _flush_acks(self) -> None:
         if not self.completed:
             return
         conn, lease = self._db()
         with self._taking_completions() as done:
-            report = await ops.ack_many_async(conn, lease, done)
+            report = await ops.ack_many_async(conn, lease, done, delays=self._delays_of(done))
+        self._forget_delays(done)
         self._count_acks(report)
         await log_operator_kills(conn, lease.worker_id, report.stale)
+
+    def _delays_of(self, done: list[tuple[Job, Outcome]]) -> list[float]:
+        return [self.delays.get(job.id, 0.0) for job, _ in done]
+
+    def _forget_delays(self, done: list[tuple[Job, Outcome]]) -> None:
+        for job, _ in done:
+            self.delays.pop(job.id, None)
+
+    def _complete(
+        self, job: Job, outcome: Outcome, exc: BaseException | None, duration: float
+    ) -> None:
+        """Queue one outcome for its ack: its retry backoff drawn, a failure logged."""
+        delay = ack_delay(
+            self.w.options.retry,
+            status=outcome.status,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+        )
+        if outcome.status != "Done":
+            retryable = outcome.status == "Failed" and job.attempts + 1 < job.max_attempts
+            if delay:
+                self.delays[job.id] = delay
+            log_failure(job, exc, _err_text(outcome), retry_in=delay if retryable else None)
+        log_finished(job, outcome.status, duration)
+        self.completed.append((job, outcome))
 
     @contextlib.contextmanager
     def _taking_completions(self) -> Iterator[list[tuple[Job, Outcome]]]:
@@ -526,22 +625,22 @@ class _Run:
             )
         while self.in_flight and time.monotonic() < deadline:
             self.wake.clear()
+            due = self._expire()
             await self._flush_acks_logged()
+            wait = max(0.0, deadline - time.monotonic())
+            if due is not None:
+                wait = min(wait, max(0.0, due - time.monotonic()))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(self.wake.wait(), wait)
         for fut, job in list(self.in_flight.items()):
             del self.in_flight[fut]
             fut.cancel()
             log.warning("task %s did not finish within the shutdown timeout", job.id)
-            self.completed.append(
-                (
-                    job,
-                    Outcome.failure(
-                        f"task interrupted: the worker shut down and the task did not finish "
-                        f"within {self.cfg.shutdown_timeout:g}s"
-                    ),
-                )
+            message = (
+                f"task interrupted: the worker shut down and the task did not finish "
+                f"within {self.cfg.shutdown_timeout:g}s"
             )
+            self._complete(job, Outcome.failure(message), None, self.cfg.shutdown_timeout)
         await self._flush_acks_logged()
 
     async def _flush_acks_logged(self) -> None:
@@ -687,19 +786,35 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
         raise ConnectionFailed("connect", line) from exc
 
 
-def _call_sync(spec: HandlerSpec, args: Any) -> Outcome:
+def _err_text(outcome: Outcome) -> str:
+    result = outcome.result
+    if isinstance(result, dict) and "Err" in result:
+        return str(result["Err"])
+    return str(result)
+
+
+def _call_sync(spec: HandlerSpec, args: Any) -> _Result:
+    started = time.monotonic()
     try:
         value = spec.func(args)
     except Exception as exc:
-        log.info("handler failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        return outcome_for_exception(exc)
-    return outcome_for_return(value)
+        return _Result(outcome_for_exception(exc), exc, time.monotonic() - started)
+    return _Result(outcome_for_return(value), None, time.monotonic() - started)
 
 
-async def _call_async(spec: HandlerSpec, args: Any) -> Outcome:
+async def _call_async(spec: HandlerSpec, args: Any, limit: float | None) -> _Result:
+    started = time.monotonic()
     try:
-        value = await spec.func(args)
+        if limit is None:
+            value = await spec.func(args)
+        else:
+            value = await asyncio.wait_for(spec.func(args), limit)
+    except TimeoutError:
+        if limit is None:
+            raise
+        return _Result(
+            Outcome.failure(timeout_message(limit, is_async=True)), None, time.monotonic() - started
+        )
     except Exception as exc:
-        log.info("handler failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        return outcome_for_exception(exc)
-    return outcome_for_return(value)
+        return _Result(outcome_for_exception(exc), exc, time.monotonic() - started)
+    return _Result(outcome_for_return(value), None, time.monotonic() - started)

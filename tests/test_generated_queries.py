@@ -924,6 +924,7 @@ def batch_args(jobs: list[Job], outcomes: list[str], token: str | None) -> dict[
         "lock_ats": [j.lock_at for j in jobs],
         "outcomes": outcomes,
         "results": ['{"Ok": null}' if o == "Done" else '{"Err": "e"}' for o in outcomes],
+        "delays": [0.0] * len(jobs),
         "queue": Q,
         "worker_id": W,
         "lease_token": token,
