@@ -1,0 +1,131 @@
+"""The Worker's retry backoff, time limits and failure logs, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from worker_support import push, task
+
+from apalis_client.handler_options import handler_options
+from apalis_client.retry import ConstantBackoff, ExponentialBackoff
+from apalis_client.worker import Worker, WorkerConfig
+
+FAST = WorkerConfig(
+    poll_interval=0.02,
+    max_poll_interval=0.2,
+    heartbeat_interval=0.5,
+    orphan_threshold=2.0,
+    shutdown_timeout=5.0,
+)
+
+
+def always_fails(_: Any) -> None:
+    raise RuntimeError("smtp down")
+
+
+def test_a_failed_attempt_moves_run_at_by_the_workers_backoff(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=3)
+    w = Worker("q", always_fails, conninfo=migrated_db, config=FAST, retry=ConstantBackoff(30.0))
+    w.run(max_tasks=1)
+    row = task(migrated_db, tid)
+    assert (row["status"], row["attempts"]) == ("Failed", 1)
+    waited = row["run_at"] - row["done_at"]
+    assert timedelta(seconds=29) <= waited <= timedelta(seconds=31)
+
+
+def test_the_default_backoff_waits_within_its_first_jitter_bounds(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=3)
+    Worker("q", always_fails, conninfo=migrated_db, config=FAST).run(max_tasks=1)
+    row = task(migrated_db, tid)
+    low, high = ExponentialBackoff().bounds(1)
+    waited = (row["run_at"] - row["done_at"]).total_seconds()
+    assert low - 0.01 <= waited <= high + 0.01
+
+
+def test_a_handlers_own_retry_wins_over_the_workers(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=3)
+
+    @handler_options(retry=60.0)
+    def fails(_: Any) -> None:
+        raise RuntimeError("no")
+
+    Worker("q", fails, conninfo=migrated_db, config=FAST, retry=1.0).run(max_tasks=1)
+    row = task(migrated_db, tid)
+    assert (row["run_at"] - row["done_at"]) >= timedelta(seconds=59)
+
+
+def test_the_last_attempt_is_killed_and_keeps_its_run_at(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=1)
+    before = task(migrated_db, tid)["run_at"]
+    Worker("q", always_fails, conninfo=migrated_db, config=FAST, retry=30.0).run(max_tasks=1)
+    row = task(migrated_db, tid)
+    assert (row["status"], row["run_at"]) == ("Killed", before)
+
+
+def test_an_async_handler_past_its_limit_is_cancelled_and_recorded_failed(
+    migrated_db: str,
+) -> None:
+    slow, quick = push(migrated_db, "q", ["slow", "quick"], max_attempts=1)
+    ran: list[str] = []
+
+    async def handle(name: str) -> str:
+        if name == "slow":
+            await asyncio.sleep(10)
+        ran.append(name)
+        return name
+
+    started = time.monotonic()
+    Worker("q", handle, conninfo=migrated_db, config=FAST, timeout=1.0).run(until_idle=True)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5
+    row = task(migrated_db, slow)
+    assert row["status"] == "Killed"  # its only attempt failed
+    assert "1s limit" in row["last_result"]["Err"] and "cancelled" in row["last_result"]["Err"]
+    assert task(migrated_db, quick)["status"] == "Done"
+    assert ran == ["quick"]
+
+
+def test_a_sync_handler_past_its_limit_frees_its_slot_for_the_next_task(
+    migrated_db: str,
+) -> None:
+    slow, quick = push(migrated_db, "q", ["slow", "quick"], max_attempts=1)
+    finished: dict[str, float] = {}
+    started = time.monotonic()
+
+    def handle(name: str) -> str:
+        if name == "slow":
+            time.sleep(10)
+        finished[name] = time.monotonic() - started
+        return name
+
+    w = Worker("q", handle, conninfo=migrated_db, config=FAST, timeout=1.0)
+    w.run(max_tasks=2)
+    slow_row = task(migrated_db, slow)
+    assert slow_row["status"] == "Killed"
+    assert "1s limit" in slow_row["last_result"]["Err"]
+    assert "discarded" in slow_row["last_result"]["Err"]
+    # concurrency 1: the quick task ran in the slot the timed-out one gave up, long
+    # before the stuck thread returned.
+    assert task(migrated_db, quick)["status"] == "Done"
+    assert finished["quick"] < 5
+
+
+def test_a_failure_is_logged_with_id_queue_attempt_and_traceback(
+    migrated_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=3)
+    with caplog.at_level(logging.DEBUG, logger="apalis_client.worker"):
+        Worker("q", always_fails, conninfo=migrated_db, config=FAST, retry=5.0).run(max_tasks=1)
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR and tid in r.getMessage()]
+    assert len(failures) == 1
+    message = failures[0].getMessage()
+    assert "on queue q" in message and "attempt 1/3" in message and "smtp down" in message
+    assert "retry in 5.0s" in message
+    assert failures[0].exc_info is not None and failures[0].exc_info[0] is RuntimeError
+    finished = [r for r in caplog.records if r.levelno == logging.DEBUG and tid in r.getMessage()]
+    assert any("Failed" in r.getMessage() for r in finished)
