@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,9 @@ from psycopg import sql
 from apalis_client import limits
 from apalis_client import worker_ops as ops
 from apalis_client._retention import log_operator_kills, retention_loop
+from apalis_client.cancellation import CANCEL_CHANNEL, CANCEL_MESSAGE, parse_cancel_payload
 from apalis_client.config import Config, WorkerConfig
+from apalis_client.context import TaskContext, running_task
 from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
 from apalis_client.handler_options import ResolvedOptions, resolve
 from apalis_client.retry import RetryPolicy, ack_delay
@@ -116,6 +118,12 @@ class Worker:
     :data:`~apalis_client.retry.DEFAULT_RETRY`); ``timeout`` the default time limit of
     a handler in seconds (default none). ``@handler_options`` on the handler wins over both.
 
+    ``connect_kwargs`` go to every connection the worker opens (behind PgBouncer in
+    transaction mode: ``{"prepare_threshold": None}``); ``listen_conninfo`` is where the
+    LISTEN connection goes instead of ``conninfo`` (PostgreSQL directly, since a
+    transaction pooler does not deliver notifications). After LISTEN the worker sends
+    itself a probe notification and warns when it does not arrive within a second.
+
     ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
     ``worker.stop()`` (any thread) asks for a graceful stop.
     """
@@ -131,6 +139,8 @@ class Worker:
         config: WorkerConfig | None = None,
         retry: RetryPolicy | Callable[[int], float] | float | None = None,
         timeout: float | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        listen_conninfo: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
@@ -148,6 +158,13 @@ class Worker:
         # The handler's @handler_options over these defaults (checked here, before any run).
         self.options: ResolvedOptions = resolve(handler, worker_timeout=timeout, worker_retry=retry)
         self.conninfo = conninfo
+        self.connect_kwargs: dict[str, Any] = dict(connect_kwargs or {})
+        if "autocommit" in self.connect_kwargs:
+            raise InvalidArgument(
+                "connect_kwargs may not set autocommit: the worker's connections are always "
+                "autocommit"
+            )
+        self.listen_conninfo = listen_conninfo
         self.concurrency = concurrency
         self.worker_id = worker_id or (
             f"py-{socket.gethostname()}-{os.getpid()}-{next(_instance_numbers)}"
@@ -248,6 +265,8 @@ class _Run:
         # is recorded failed and its slot freed; the thread runs on, its result discarded.
         self.deadlines: dict[concurrent.futures.Future[_Result], float] = {}
         self.abandoned = 0
+        # What each running handler sees as current_task(), with its cancellation flag.
+        self.contexts: dict[_Running, TaskContext] = {}
         self.notified: dict[str, None] = {}
         self.lease_lost = False
         self.executor: ThreadPoolExecutor | None = None
@@ -264,6 +283,9 @@ class _Run:
         self.outage_seen = False
         self.sweep_hold_until = 0.0
         self.last_heartbeat = time.monotonic()
+        # Set when the LISTEN probe did not come back: notifications are not delivered.
+        self.listen_warning = False
+        self.cancelled = 0
 
     def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
         if self.conn is None or self.lease is None:
@@ -274,7 +296,7 @@ class _Run:
 
     async def main(self) -> WorkerStats:
         started = time.monotonic()
-        self.conn = await _connect(self.w.conninfo)
+        self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
         background: list[asyncio.Task[None]] = []
         try:
             self.lease = await ops.register_worker_async(
@@ -293,8 +315,9 @@ class _Run:
                     thread_name_prefix=f"apalis-{self.w.queue}",
                 )
             background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
+            background.append(asyncio.ensure_future(self._lost_claims_loop()))
             if self.cfg.retention_window is not None:
-                purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)
+                purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)  # own conn
                 background.append(asyncio.ensure_future(purging))
             if self.cfg.listen:
                 listening = asyncio.Event()
@@ -484,15 +507,25 @@ class _Run:
             self._complete(job, Outcome.failure(str(exc)), exc, 0.0)
             return
         limit = self.w.options.timeout
+        ctx = TaskContext(
+            id=job.id,
+            queue=job.job_type,
+            attempt=job.attempts + 1,
+            max_attempts=job.max_attempts,
+            worker_id=self.w.worker_id,
+        )
         if spec.is_async:
-            task = asyncio.ensure_future(_call_async(spec, args, limit))
+            with running_task(ctx):  # the asyncio task copies the context at creation
+                task = asyncio.ensure_future(_call_async(spec, args, limit))
             self.in_flight[task] = job
+            self.contexts[task] = ctx
             task.add_done_callback(self._on_done)
         else:
             if self.executor is None:
                 raise RuntimeError("a sync handler needs the worker's thread pool")
-            future = self.executor.submit(_call_sync, spec, args)
+            future = self.executor.submit(_call_sync, spec, args, ctx)
             self.in_flight[future] = job
+            self.contexts[future] = ctx
             if limit is not None:
                 self.deadlines[future] = time.monotonic() + limit
             future.add_done_callback(self._on_thread_done)
@@ -515,6 +548,7 @@ class _Run:
     def _on_done(self, fut: _Running) -> None:
         if isinstance(fut, concurrent.futures.Future):
             self.deadlines.pop(fut, None)
+        self.contexts.pop(fut, None)
         job = self.in_flight.pop(fut, None)
         if job is None:
             # Already recorded (timed out, or given up at shutdown): a stale late result.
@@ -534,6 +568,32 @@ class _Run:
                 self._complete(job, result.outcome, result.exc, result.duration)
         self.wake.set()
 
+    def _cancel(self, task_id: str, attempts: int | None, reason: str) -> bool:
+        """Stop running a task this worker no longer holds (an operator cancelled it).
+
+        The row already says what happened (Killed, "cancelled by operator"), so nothing is
+        acked: an async handler is cancelled, a sync one told through current_task() and
+        its slot freed, its late result discarded.
+        """
+        for fut, job in list(self.in_flight.items()):
+            if job.id != task_id or (attempts is not None and job.attempts != attempts):
+                continue
+            del self.in_flight[fut]
+            ctx = self.contexts.pop(fut, None)
+            if ctx is not None:
+                ctx.cancel(reason)
+            if isinstance(fut, concurrent.futures.Future):
+                self.deadlines.pop(fut, None)
+                if not fut.cancel():
+                    self.abandoned += 1
+            else:
+                fut.cancel()
+            log.warning("task %s on queue %s stopped: %s", job.id, job.job_type, reason)
+            self.cancelled += 1
+            self.wake.set()
+            return True
+        return False
+
     def _expire(self) -> float | None:
         """Record the sync handlers past their limit as failed; the next deadline, if any."""
         if not self.deadlines:
@@ -548,9 +608,11 @@ class _Run:
             if job is None:
                 continue
             self.abandoned += 1
-            self._complete(
-                job, Outcome.failure(timeout_message(limit, is_async=False)), None, limit
-            )
+            message = timeout_message(limit, is_async=False)
+            ctx = self.contexts.pop(fut, None)
+            if ctx is not None:
+                ctx.cancel(message)
+            self._complete(job, Outcome.failure(message), None, limit)
         return min(self.deadlines.values(), default=None)
 
     async def _flush_acks(self) -> None:
@@ -656,7 +718,7 @@ class _Run:
             return
         self.outage_seen = True
         try:
-            self.conn = await _connect(self.w.conninfo)
+            self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
             log.info("worker %s: reconnected", self.w.worker_id)
         except ConnectionFailed as exc:
             log.error("worker %s: reconnect failed: %s", self.w.worker_id, exc)
@@ -723,7 +785,7 @@ class _Run:
                 await asyncio.sleep(self.cfg.heartbeat_interval)
                 try:
                     if conn is None or conn.closed or conn.broken:
-                        conn = await _connect(self.w.conninfo)
+                        conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
                     await ops.heartbeat_async(conn, lease)
                 except WorkerNotRegistered:
                     self._lose_lease(lease)
@@ -745,16 +807,85 @@ class _Run:
             if conn is not None:
                 await conn.close()
 
+    async def _lost_claims_loop(self) -> None:
+        """Every second, the polling fallback of cancellation: drop tasks no longer ours."""
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                running = list(self.in_flight.values())
+                if not running or self.lease is None:
+                    continue
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+                    lost = await ops.lost_claims_async(conn, self.lease, running)
+                except ApalisError as exc:
+                    log.error("worker %s: lost-claims check failed: %s", self.w.worker_id, exc)
+                    continue
+                claimed_at = {job.id: job.attempts for job in running}
+                for task_id in lost:
+                    # The attempts of this run: a later claim of the same id is not hit.
+                    self._cancel(
+                        task_id, claimed_at[task_id], "the task is no longer held by this worker"
+                    )
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _probe_listen(self, probe: str, listening: asyncio.Event) -> None:
+        """Notify ``probe`` from the claim connection; warn if LISTEN has not heard it in 1 s.
+
+        A transaction pooler (PgBouncer in transaction mode) runs LISTEN on whichever
+        server connection it lends, then hands that connection to others: nothing is
+        delivered, and the worker would only find tasks by polling.
+        """
+        try:
+            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+            try:
+                await ops.notify_probe_async(conn, CANCEL_CHANNEL, probe)
+            finally:
+                await conn.close()
+            await asyncio.sleep(1.0)
+        except ApalisError as exc:
+            log.warning("worker %s: could not probe LISTEN: %s", self.w.worker_id, exc)
+        self.listen_warning = True
+        log.warning(
+            "worker %s: LISTEN on %s heard no probe notification within 1s: it probably goes "
+            "through a transaction pooler (PgBouncer in transaction mode), which does not "
+            "deliver notifications; the worker polls instead. Pass listen_conninfo= (CLI: "
+            "--listen-database-url) with a direct PostgreSQL connection string",
+            self.w.worker_id,
+            NOTIFY_CHANNEL,
+        )
+        listening.set()
+
     async def _listen_loop(self, listening: asyncio.Event) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while True:
                 try:
-                    conn = await _connect(self.w.conninfo)
+                    conn = await _connect(
+                        self.w.listen_conninfo or self.w.conninfo, self.w.connect_kwargs
+                    )
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-                    log.info("worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL)
-                    listening.set()
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
+                    probe = f"probe:{self.w.worker_id}:{time.monotonic_ns()}"
+                    probe_timer = asyncio.ensure_future(self._probe_listen(probe, listening))
                     async for note in conn.notifies():
+                        if note.channel == CANCEL_CHANNEL:
+                            if note.payload == probe:
+                                probe_timer.cancel()
+                                self.listen_warning = False
+                                log.info(
+                                    "worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL
+                                )
+                                listening.set()
+                                continue
+                            req = parse_cancel_payload(note.payload)
+                            if req is not None and req.is_for(self.w.worker_id, {self.w.queue}):
+                                self._cancel(req.id, req.attempts, CANCEL_MESSAGE)
+                            continue
                         event = parse_notify_payload(note.payload)
                         if event is None or event.job_type != self.w.queue:
                             continue
@@ -778,9 +909,11 @@ class _Run:
                 await conn.close()
 
 
-async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+async def _connect(
+    conninfo: str, kwargs: Mapping[str, Any] | None = None
+) -> psycopg.AsyncConnection[Any]:
     try:
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **(kwargs or {}))
     except psycopg.OperationalError as exc:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConnectionFailed("connect", line) from exc
@@ -793,10 +926,11 @@ def _err_text(outcome: Outcome) -> str:
     return str(result)
 
 
-def _call_sync(spec: HandlerSpec, args: Any) -> _Result:
+def _call_sync(spec: HandlerSpec, args: Any, ctx: TaskContext) -> _Result:
     started = time.monotonic()
     try:
-        value = spec.func(args)
+        with running_task(ctx):
+            value = spec.func(args)
     except Exception as exc:
         return _Result(outcome_for_exception(exc), exc, time.monotonic() - started)
     return _Result(outcome_for_return(value), None, time.monotonic() - started)

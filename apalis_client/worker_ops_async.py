@@ -43,7 +43,7 @@ from apalis_client.worker_ops_logic import (
     _use_transaction_block,
 )
 from apalis_generated import ack_async as ack_q_async
-from apalis_generated import keep_alive_async, lock_async, reenqueue_async
+from apalis_generated import cancel_async, keep_alive_async, lock_async, reenqueue_async
 from apalis_generated.models import Job
 
 
@@ -305,3 +305,31 @@ async def reconcile_worker_async(
 async def deregister_worker_async(conn: psycopg.AsyncConnection[Any], lease: Lease) -> bool:
     """:func:`release_worker`, reporting only whether the lease was still ours."""
     return await release_worker_async(conn, lease) is not None
+
+
+async def notify_probe_async(
+    conn: psycopg.AsyncConnection[Any], channel: str, payload: str
+) -> None:
+    """Send ``payload`` on ``channel`` (the worker's LISTEN probe)."""
+    with database_errors("send the LISTEN probe"):
+        await cancel_async.notify_probe(conn, channel=channel, payload=payload)
+
+
+async def lost_claims_async(
+    conn: psycopg.AsyncConnection[Any], lease: Lease, running: Sequence[Job]
+) -> list[str]:
+    """Of the tasks ``running`` (as claimed), the ids this worker no longer holds.
+
+    The polling fallback of cancellation: cancelled, killed, re-enqueued or deleted.
+    """
+    if not running:
+        return []
+    with database_errors("check running tasks"):
+        rows = await cancel_async.lost_claims(
+            conn,
+            ids=[t.id for t in running],
+            attempts=[t.attempts for t in running],
+            queue=lease.queue,
+            worker_id=lease.worker_id,
+        )
+    return [r.id for r in rows]

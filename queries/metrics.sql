@@ -6,21 +6,21 @@
 -- jobs_locked_by_queue_idx), never the finished history.
 -- not-null: job_type, due, scheduled, queued, running, oldest_due_age_secs
 SELECT q.job_type,
-       count(j.id) FILTER (
+       pg_catalog.count(j.id) FILTER (
            WHERE j.status IN ('Pending', 'Failed') AND j.run_at <= statement_timestamp()
        ) AS due,
-       count(j.id) FILTER (
+       pg_catalog.count(j.id) FILTER (
            WHERE j.status IN ('Pending', 'Failed') AND j.run_at > statement_timestamp()
        ) AS scheduled,
-       count(j.id) FILTER (WHERE j.status = 'Queued') AS queued,
-       count(j.id) FILTER (WHERE j.status = 'Running') AS running,
+       pg_catalog.count(j.id) FILTER (WHERE j.status = 'Queued') AS queued,
+       pg_catalog.count(j.id) FILTER (WHERE j.status = 'Running') AS running,
        COALESCE(
            EXTRACT(EPOCH FROM statement_timestamp() - min(j.run_at) FILTER (
                WHERE j.status IN ('Pending', 'Failed') AND j.run_at <= statement_timestamp()
            ))::float8,
            0
        ) AS oldest_due_age_secs
-  FROM unnest(@queues::text[]) AS q(job_type)
+  FROM pg_catalog.unnest(@queues::text[]) AS q(job_type)
   LEFT JOIN apalis.jobs AS j
     ON j.job_type = q.job_type
    AND (

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import threading
 import time
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
-from worker_support import push, task
+from worker_support import Background, push, task, wait_for
 
+from apalis_client import admin
+from apalis_client.context import current_task
+from apalis_client.errors import TaskStateConflict
 from apalis_client.handler_options import handler_options
 from apalis_client.retry import ConstantBackoff, ExponentialBackoff
 from apalis_client.worker import Worker, WorkerConfig
@@ -129,3 +135,85 @@ def test_a_failure_is_logged_with_id_queue_attempt_and_traceback(
     assert failures[0].exc_info is not None and failures[0].exc_info[0] is RuntimeError
     finished = [r for r in caplog.records if r.levelno == logging.DEBUG and tid in r.getMessage()]
     assert any("Failed" in r.getMessage() for r in finished)
+
+
+def _cancel(url: str, task_id: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        admin.cancel(conn, task_id)
+
+
+def test_cancel_stops_an_async_handler_within_a_second(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=3)
+    started = threading.Event()
+    stopped: list[float] = []
+
+    async def handle(_: Any) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append(time.monotonic())
+            raise
+
+    bg = Background(Worker("q", handle, conninfo=migrated_db, config=FAST))
+    assert started.wait(10)
+    sent = time.monotonic()
+    _cancel(migrated_db, tid)
+    wait_for(lambda: bool(stopped), 5, "the handler cancelled")
+    bg.finish()
+    assert stopped[0] - sent < 1.0
+    row = task(migrated_db, tid)
+    assert (row["status"], row["last_result"]) == ("Killed", {"Err": "cancelled by operator"})
+
+
+def test_cancel_sets_the_flag_a_sync_handler_checks_and_frees_its_slot(migrated_db: str) -> None:
+    tid, nxt = push(migrated_db, "q", ["slow", "next"], max_attempts=3)
+    started = threading.Event()
+    seen: list[tuple[str, float]] = []
+
+    def handle(name: str) -> str:
+        if name == "slow":
+            started.set()
+            ctx = current_task()
+            assert ctx.wait_cancelled(30)
+            seen.append((str(ctx.cancel_reason), time.monotonic()))
+        return name
+
+    bg = Background(Worker("q", handle, conninfo=migrated_db, config=FAST))
+    assert started.wait(10)
+    sent = time.monotonic()
+    _cancel(migrated_db, tid)
+    wait_for(lambda: task(migrated_db, nxt)["status"] == "Done", 5, "the next task done")
+    bg.finish()
+    assert seen and seen[0][0] == "cancelled by operator" and seen[0][1] - sent < 1.0
+    assert task(migrated_db, tid)["last_result"] == {"Err": "cancelled by operator"}
+
+
+def test_cancel_reaches_a_worker_without_listen_by_polling(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"], max_attempts=3)
+    started = threading.Event()
+    stopped: list[float] = []
+
+    async def handle(_: Any) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append(time.monotonic())
+            raise
+
+    cfg = dataclasses.replace(FAST, listen=False)
+    bg = Background(Worker("q", handle, conninfo=migrated_db, config=cfg))
+    assert started.wait(10)
+    sent = time.monotonic()
+    _cancel(migrated_db, tid)
+    wait_for(lambda: bool(stopped), 5, "the handler cancelled")
+    bg.finish()
+    assert stopped[0] - sent < 2.0  # the poll runs every second
+
+
+def test_cancel_of_a_finished_task_names_its_status(migrated_db: str) -> None:
+    (tid,) = push(migrated_db, "q", ["x"])
+    Worker("q", lambda _: None, conninfo=migrated_db, config=FAST).run(until_idle=True)
+    with pytest.raises(TaskStateConflict, match=f"task {tid} is Done"):
+        _cancel(migrated_db, tid)
