@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-from pgbouncer_support import pgbouncer, pooled_db  # noqa: F401  (fixtures)
 from worker_support import Background, push, rows
 
 from apalis_client.worker import Worker, WorkerConfig
