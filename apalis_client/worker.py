@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,9 @@ from apalis_client.cancellation import CANCEL_CHANNEL, CANCEL_MESSAGE, parse_can
 from apalis_client.config import Config, WorkerConfig
 from apalis_client.context import TaskContext, running_task
 from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
+from apalis_client.events import Observer, combine
 from apalis_client.handler_options import ResolvedOptions, resolve
+from apalis_client.periodic import Periodic, PeriodicService, periodic_of
 from apalis_client.retry import RetryPolicy, ack_delay
 from apalis_client.tasklog import log_failure, log_finished
 from apalis_client.timeouts import timeout_message
@@ -124,6 +126,12 @@ class Worker:
     transaction pooler does not deliver notifications). After LISTEN the worker sends
     itself a probe notification and warns when it does not arrive within a second.
 
+    ``periodic`` (and ``@periodic`` on the handler) are pushed once per slot however many
+    workers run them. ``observers`` get the worker's events; ``metrics_port`` serves
+    Prometheus metrics (task counters, a duration histogram, queue-depth gauges) at
+    ``/metrics`` on that port while the worker runs (0: a free port; needs the
+    ``metrics`` extra).
+
     ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
     ``worker.stop()`` (any thread) asks for a graceful stop.
     """
@@ -141,6 +149,9 @@ class Worker:
         timeout: float | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
         listen_conninfo: str | None = None,
+        periodic: Sequence[Periodic] = (),
+        observers: Sequence[Observer] = (),
+        metrics_port: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
@@ -165,6 +176,20 @@ class Worker:
                 "autocommit"
             )
         self.listen_conninfo = listen_conninfo
+        # Periodic tasks: given here, or declared on the handler with @periodic.
+        self.periodic: list[Periodic] = [*periodic, *periodic_of(handler, self.queue)]
+        self.observers: list[Observer] = list(observers)
+        if metrics_port is not None and (
+            isinstance(metrics_port, bool)
+            or not isinstance(metrics_port, int)
+            or not 0 <= metrics_port <= 65535
+        ):
+            raise InvalidArgument(
+                f"metrics_port must be an integer from 0 to 65535, got {metrics_port!r}"
+            )
+        self.metrics_port = metrics_port
+        #: The metrics endpoint while a run serves one (its ``port`` is the bound one).
+        self.metrics_server: Any = None
         self.concurrency = concurrency
         self.worker_id = worker_id or (
             f"py-{socket.gethostname()}-{os.getpid()}-{next(_instance_numbers)}"
@@ -249,6 +274,8 @@ class _Run:
         self.until_idle = until_idle
         self.max_tasks = max_tasks
         self.stats = WorkerStats(worker_id=worker.worker_id)
+        self.observer: Observer = combine(worker.observers)
+        self.durations: dict[str, float] = {}
         self.wake = wake
         self.in_flight: dict[_Running, Job] = {}
         # Thread pool handlers that finished, handed to the loop in bursts: one loop wake-up
@@ -315,6 +342,11 @@ class _Run:
                     thread_name_prefix=f"apalis-{self.w.queue}",
                 )
             background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
+            if self.w.periodic:
+                service = PeriodicService(self.w.conninfo, self.w.periodic)
+                background.append(asyncio.ensure_future(service.run()))
+            if self.w.metrics_port is not None:
+                background.append(asyncio.ensure_future(self._serve_metrics(self.w.metrics_port)))
             background.append(asyncio.ensure_future(self._lost_claims_loop()))
             if self.cfg.retention_window is not None:
                 purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)  # own conn
@@ -489,11 +521,13 @@ class _Run:
                 conn, lease, done, batch=free, ids=ids, delays=self._delays_of(done)
             )
         self._forget_delays(done)
-        self._count_acks(report)
+        self._count_acks(report, done)
         await log_operator_kills(conn, lease.worker_id, report.stale)
         if claimed:
             log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
         self.stats.claimed += len(claimed)
+        if claimed:
+            self.observer.claimed(self.w.worker_id, self.w.queue, claimed)
         for job in claimed:
             self._dispatch(job)
         return claimed
@@ -507,6 +541,7 @@ class _Run:
             self._complete(job, Outcome.failure(str(exc)), exc, 0.0)
             return
         limit = self.w.options.timeout
+        self.observer.started(job)
         ctx = TaskContext(
             id=job.id,
             queue=job.job_type,
@@ -622,7 +657,7 @@ class _Run:
         with self._taking_completions() as done:
             report = await ops.ack_many_async(conn, lease, done, delays=self._delays_of(done))
         self._forget_delays(done)
-        self._count_acks(report)
+        self._count_acks(report, done)
         await log_operator_kills(conn, lease.worker_id, report.stale)
 
     def _delays_of(self, done: list[tuple[Job, Outcome]]) -> list[float]:
@@ -648,6 +683,7 @@ class _Run:
                 self.delays[job.id] = delay
             log_failure(job, exc, _err_text(outcome), retry_in=delay if retryable else None)
         log_finished(job, outcome.status, duration)
+        self.durations[job.id] = duration
         self.completed.append((job, outcome))
 
     @contextlib.contextmanager
@@ -663,7 +699,14 @@ class _Run:
             self.completed = done + self.completed
             raise
 
-    def _count_acks(self, report: ops.AckReport) -> None:
+    def _count_acks(self, report: ops.AckReport, done: list[tuple[Job, Outcome]]) -> None:
+        for job, _ in done:
+            duration = self.durations.pop(job.id, 0.0)
+            status = report.statuses.get(job.id)
+            if status is None:
+                self.observer.stale_ack(job, duration)
+            else:
+                self.observer.finished(job, status, duration)  # type: ignore[arg-type]
         for status in report.statuses.values():
             if status == "Done":
                 self.stats.done += 1
@@ -720,6 +763,7 @@ class _Run:
         try:
             self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
             log.info("worker %s: reconnected", self.w.worker_id)
+            self.observer.reconnected(self.w.worker_id, "claim connection")
         except ConnectionFailed as exc:
             log.error("worker %s: reconnect failed: %s", self.w.worker_id, exc)
             return
@@ -747,6 +791,7 @@ class _Run:
         )
         self.lease_lost = True
         self.stats.lease_lost = True
+        self.observer.lease_lost(lease.worker_id, lease.queue)
         self.wake.set()
 
     def _note_heartbeat(self, lease: Lease) -> None:
@@ -806,6 +851,26 @@ class _Run:
         finally:
             if conn is not None:
                 await conn.close()
+
+    async def _serve_metrics(self, port: int) -> None:
+        """The Prometheus endpoint: an observer of this run and the queue-depth gauges."""
+        from apalis_client.metrics import (
+            PrometheusObserver,
+            QueueDepthGauges,
+            queue_depth_loop,
+            start_metrics_server,
+        )
+
+        prom = PrometheusObserver()
+        self.observer = combine([self.observer, prom])
+        server = start_metrics_server(port, prom.registry)
+        self.w.metrics_server = server
+        log.info("worker %s: metrics on port %d", self.w.worker_id, server.port)
+        try:
+            gauges = QueueDepthGauges(prom.registry)
+            await queue_depth_loop(self.w.conninfo, [self.w.queue], gauges)
+        finally:
+            server.stop()
 
     async def _lost_claims_loop(self) -> None:
         """Every second, the polling fallback of cancellation: drop tasks no longer ours."""

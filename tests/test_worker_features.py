@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from worker_support import Background, push, task, wait_for
+from worker_support import REPO, TESTS_DIR, Background, push, rows, task, wait_for
 
 from apalis_client import admin
 from apalis_client.context import current_task
 from apalis_client.errors import TaskStateConflict
 from apalis_client.handler_options import handler_options
+from apalis_client.periodic import slot_key
 from apalis_client.retry import ConstantBackoff, ExponentialBackoff
 from apalis_client.worker import Worker, WorkerConfig
 
@@ -217,3 +223,64 @@ def test_cancel_of_a_finished_task_names_its_status(migrated_db: str) -> None:
     Worker("q", lambda _: None, conninfo=migrated_db, config=FAST).run(until_idle=True)
     with pytest.raises(TaskStateConflict, match=f"task {tid} is Done"):
         _cancel(migrated_db, tid)
+
+
+def test_three_worker_processes_push_each_periodic_slot_exactly_once(migrated_db: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, REPO])}
+    script = os.path.join(TESTS_DIR, "worker_periodic_support.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, migrated_db, "10"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outputs]
+    found = rows(
+        migrated_db,
+        "SELECT run_at, idempotency_key, status FROM apalis.jobs WHERE job_type = 'ticks' "
+        "ORDER BY run_at",
+    )
+    slots = [r["run_at"] for r in found]
+    assert slots == [slots[0] + timedelta(seconds=i) for i in range(len(slots))]
+    assert 9 <= len(slots) <= 14
+    assert [r["idempotency_key"] for r in found] == [slot_key("tick", s) for s in slots]
+    ran = sum(json.loads(out)["ran"] for out, _ in outputs)
+    assert ran == sum(r["status"] == "Done" for r in found)
+
+
+def test_the_metrics_endpoint_serves_counters_matching_worker_stats(migrated_db: str) -> None:
+    push(migrated_db, "q", list(range(20)), max_attempts=1)
+
+    def handle(n: int) -> int:
+        if n % 5 == 0:
+            raise ValueError(f"bad {n}")
+        return n
+
+    w = Worker("q", handle, conninfo=migrated_db, config=FAST, metrics_port=0)
+    bg = Background(w)
+    wait_for(lambda: finished_count(migrated_db, "q") == 20, 15, "all 20 finished")
+    wait_for(lambda: w.metrics_server is not None, 5, "the endpoint up")
+    time.sleep(0.3)  # the last ack reaches the observer
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_server.port}/metrics") as resp:
+        text = resp.read().decode()
+    stats = bg.finish()
+    assert (stats.claimed, stats.done, stats.killed) == (20, 16, 4)
+    assert f'apalis_tasks_claimed_total{{queue="q"}} {stats.claimed}.0' in text
+    assert f'apalis_tasks_finished_total{{queue="q",status="Done"}} {stats.done}.0' in text
+    assert f'apalis_tasks_finished_total{{queue="q",status="Killed"}} {stats.killed}.0' in text
+    assert f'apalis_task_duration_seconds_count{{queue="q",status="Done"}} {stats.done}.0' in text
+
+
+def finished_count(url: str, queue: str) -> int:
+    (row,) = rows(
+        url,
+        "SELECT count(*) AS n FROM apalis.jobs WHERE job_type = %s "
+        "AND status IN ('Done', 'Killed')",
+        queue,
+    )
+    return int(row["n"])
