@@ -55,6 +55,9 @@ from apalis_client.worker_logic import (
 from apalis_client.worker_ops import Job, Lease
 
 log = logging.getLogger("apalis_client.worker")
+# A library logs to its users' handlers only: without any configured, failures are not
+# printed to stderr by logging's last-resort handler (the CLI configures logging).
+log.addHandler(logging.NullHandler())
 
 __all__ = ["Worker", "WorkerConfig", "WorkerStats"]
 

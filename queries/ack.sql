@@ -45,7 +45,8 @@ WITH guard AS MATERIALIZED (
        AND (@lease_token::text IS NULL OR w.lease_token = @lease_token::text)
        FOR KEY SHARE
 ), acks AS (
-    SELECT a.id, a.attempts, a.lock_at, a.outcome, a.result, a.delay
+    SELECT a.id, a.attempts, a.lock_at, a.outcome, a.result, a.delay,
+           clock_timestamp() AS finished_at
       FROM ROWS FROM (
                pg_catalog.unnest(@ids::text[]),
                pg_catalog.unnest(@attempts::int4[]),
@@ -62,10 +63,10 @@ UPDATE apalis.jobs AS j
        END,
        attempts = j.attempts + 1,
        last_result = acks.result::jsonb,
-       done_at = clock_timestamp(),
+       done_at = acks.finished_at,
        run_at = CASE
            WHEN acks.outcome = 'Failed' AND j.attempts + 1 < j.max_attempts
-               THEN clock_timestamp()
+               THEN acks.finished_at
                     + pg_catalog.make_interval(secs => GREATEST(acks.delay, 0::float8))
            ELSE j.run_at
        END

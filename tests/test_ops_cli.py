@@ -72,7 +72,7 @@ def test_format_age_is_short_and_readable() -> None:
 
 COMMANDS = [
     "migrate", "verify", "push", "worker", "queues", "tasks", "show", "retry", "kill",
-    "workers", "purge", "prune", "wait",
+    "cancel", "workers", "purge", "prune", "wait",
 ]  # fmt: skip
 
 
