@@ -21,6 +21,7 @@ names. ``wait_for`` polls until tasks finish (100 ms doubling to 2 s)::
 from __future__ import annotations
 
 from apalis_client.admin_async import (
+    cancel_async,
     check_status_async,
     find_task_async,
     kill_task_async,
@@ -47,6 +48,7 @@ from apalis_client.admin_logic import (
     canonical_status,
 )
 from apalis_client.admin_sync import (
+    cancel,
     check_status,
     find_task,
     kill_task,
@@ -79,6 +81,8 @@ __all__ = [
     "TaskState",
     "TaskStateConflict",
     "WaitTimeout",
+    "cancel",
+    "cancel_async",
     "canonical_status",
     "check_status",
     "check_status_async",

@@ -36,6 +36,7 @@ from apalis_client.admin_logic import (
 )
 from apalis_client.errors import TaskNotFound, TaskStateConflict, WaitTimeout, database_errors
 from apalis_generated import admin_async as admin_q_async
+from apalis_generated import cancel_async as cancel_q_async
 from apalis_generated import retention_async, wait_async, workers_async
 from apalis_generated.models import Job, ListWorkersRow, QueueStatsRow
 
@@ -123,6 +124,28 @@ async def kill_task_async(
     if current is None:
         raise TaskNotFound([wanted])
     raise TaskStateConflict(wanted, current.status, "it has already finished; nothing to kill")
+
+
+async def cancel_async(conn: psycopg.AsyncConnection[Any], task_id: str) -> Job:
+    """Cancel a task that has not finished: Killed with ``{"Err": "cancelled by operator"}``.
+
+    Unlike :func:`kill_task`, a worker running it is told at commit (a NOTIFY on
+    ``apalis_client::cancel``; workers also poll every second): an async handler is
+    cancelled, a sync one sees ``current_task().cancelled``, and its slot is freed.
+    Returns the task as it is now. Raises TaskNotFound, or TaskStateConflict for a task
+    already finished.
+    """
+    (wanted,) = canonical_ids(task_id)
+    with database_errors("cancel task"):
+        row = await cancel_q_async.cancel_task(conn, id=wanted)
+        current = await admin_q_async.find_task(conn, id=wanted)
+    if current is None:
+        raise TaskNotFound([wanted])
+    if row is None:
+        raise TaskStateConflict(
+            wanted, current.status, "it has already finished; nothing to cancel"
+        )
+    return current
 
 
 async def kill_tasks_async(

@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +30,16 @@ from psycopg import sql
 from apalis_client import limits
 from apalis_client import worker_ops as ops
 from apalis_client._retention import log_operator_kills, retention_loop
+from apalis_client.cancellation import CANCEL_CHANNEL, CANCEL_MESSAGE, parse_cancel_payload
 from apalis_client.config import Config, WorkerConfig
+from apalis_client.context import TaskContext, running_task
 from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
+from apalis_client.events import Observer, combine
+from apalis_client.handler_options import ResolvedOptions, resolve
+from apalis_client.periodic import Periodic, PeriodicService, periodic_of
+from apalis_client.retry import RetryPolicy, ack_delay
+from apalis_client.tasklog import log_failure, log_finished
+from apalis_client.timeouts import timeout_message
 from apalis_client.worker_logic import (
     NOTIFY_CHANNEL,
     Backoff,
@@ -47,6 +55,9 @@ from apalis_client.worker_logic import (
 from apalis_client.worker_ops import Job, Lease
 
 log = logging.getLogger("apalis_client.worker")
+# A library logs to its users' handlers only: without any configured, failures are not
+# printed to stderr by logging's last-resort handler (the CLI configures logging).
+log.addHandler(logging.NullHandler())
 
 __all__ = ["Worker", "WorkerConfig", "WorkerStats"]
 
@@ -56,8 +67,18 @@ _MAX_NOTIFIED = 1000
 # WorkerStats keeps the first stale ids for inspection; the count is always exact.
 _MAX_STALE_IDS = 1000
 
+
+@dataclass(frozen=True)
+class _Result:
+    """What a handler call produced: the outcome, the exception behind a failure, its time."""
+
+    outcome: Outcome
+    exc: BaseException | None
+    duration: float
+
+
 # A running handler: an asyncio task (async handlers) or a thread pool future (sync ones).
-_Running = asyncio.Future[Outcome] | concurrent.futures.Future[Outcome]
+_Running = asyncio.Future[_Result] | concurrent.futures.Future[_Result]
 
 
 @dataclass
@@ -97,6 +118,23 @@ class Worker:
     registering and after every reconnect it reconciles: claims in its name that it is
     not running (a claim whose reply was lost) are handed back.
 
+    ``retry`` is the backoff of a failed attempt that will be retried (a policy, a callable
+    ``attempt -> seconds`` or constant seconds; default
+    :data:`~apalis_client.retry.DEFAULT_RETRY`); ``timeout`` the default time limit of
+    a handler in seconds (default none). ``@handler_options`` on the handler wins over both.
+
+    ``connect_kwargs`` go to every connection the worker opens (behind PgBouncer in
+    transaction mode: ``{"prepare_threshold": None}``); ``listen_conninfo`` is where the
+    LISTEN connection goes instead of ``conninfo`` (PostgreSQL directly, since a
+    transaction pooler does not deliver notifications). After LISTEN the worker sends
+    itself a probe notification and warns when it does not arrive within a second.
+
+    ``periodic`` (and ``@periodic`` on the handler) are pushed once per slot however many
+    workers run them. ``observers`` get the worker's events; ``metrics_port`` serves
+    Prometheus metrics (task counters, a duration histogram, queue-depth gauges) at
+    ``/metrics`` on that port while the worker runs (0: a free port; needs the
+    ``metrics`` extra).
+
     ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
     ``worker.stop()`` (any thread) asks for a graceful stop.
     """
@@ -110,6 +148,13 @@ class Worker:
         concurrency: int = 1,
         worker_id: str | None = None,
         config: WorkerConfig | None = None,
+        retry: RetryPolicy | Callable[[int], float] | float | None = None,
+        timeout: float | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        listen_conninfo: str | None = None,
+        periodic: Sequence[Periodic] = (),
+        observers: Sequence[Observer] = (),
+        metrics_port: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
@@ -124,7 +169,30 @@ class Worker:
         self.queue = limits.check_queue(queue)
         self.handler = handler
         self.spec: HandlerSpec = inspect_handler(handler)
+        # The handler's @handler_options over these defaults (checked here, before any run).
+        self.options: ResolvedOptions = resolve(handler, worker_timeout=timeout, worker_retry=retry)
         self.conninfo = conninfo
+        self.connect_kwargs: dict[str, Any] = dict(connect_kwargs or {})
+        if "autocommit" in self.connect_kwargs:
+            raise InvalidArgument(
+                "connect_kwargs may not set autocommit: the worker's connections are always "
+                "autocommit"
+            )
+        self.listen_conninfo = listen_conninfo
+        # Periodic tasks: given here, or declared on the handler with @periodic.
+        self.periodic: list[Periodic] = [*periodic, *periodic_of(handler, self.queue)]
+        self.observers: list[Observer] = list(observers)
+        if metrics_port is not None and (
+            isinstance(metrics_port, bool)
+            or not isinstance(metrics_port, int)
+            or not 0 <= metrics_port <= 65535
+        ):
+            raise InvalidArgument(
+                f"metrics_port must be an integer from 0 to 65535, got {metrics_port!r}"
+            )
+        self.metrics_port = metrics_port
+        #: The metrics endpoint while a run serves one (its ``port`` is the bound one).
+        self.metrics_server: Any = None
         self.concurrency = concurrency
         self.worker_id = worker_id or (
             f"py-{socket.gethostname()}-{os.getpid()}-{next(_instance_numbers)}"
@@ -209,16 +277,26 @@ class _Run:
         self.until_idle = until_idle
         self.max_tasks = max_tasks
         self.stats = WorkerStats(worker_id=worker.worker_id)
+        self.observer: Observer = combine(worker.observers)
+        self.durations: dict[str, float] = {}
         self.wake = wake
         self.in_flight: dict[_Running, Job] = {}
         # Thread pool handlers that finished, handed to the loop in bursts: one loop wake-up
         # for however many finish meanwhile, not one asyncio future and wake-up per task.
-        self.thread_done: collections.deque[concurrent.futures.Future[Outcome]] = (
+        self.thread_done: collections.deque[concurrent.futures.Future[_Result]] = (
             collections.deque()
         )
         self.handoff_pending = False
         self.loop = asyncio.get_running_loop()
         self.completed: list[tuple[Job, Outcome]] = []
+        # The retry backoff of each completion (by task id), drawn once when it finished.
+        self.delays: dict[str, float] = {}
+        # Sync handlers with a time limit: when each is due (monotonic). Past it, the task
+        # is recorded failed and its slot freed; the thread runs on, its result discarded.
+        self.deadlines: dict[concurrent.futures.Future[_Result], float] = {}
+        self.abandoned = 0
+        # What each running handler sees as current_task(), with its cancellation flag.
+        self.contexts: dict[_Running, TaskContext] = {}
         self.notified: dict[str, None] = {}
         self.lease_lost = False
         self.executor: ThreadPoolExecutor | None = None
@@ -235,6 +313,9 @@ class _Run:
         self.outage_seen = False
         self.sweep_hold_until = 0.0
         self.last_heartbeat = time.monotonic()
+        # Set when the LISTEN probe did not come back: notifications are not delivered.
+        self.listen_warning = False
+        self.cancelled = 0
 
     def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
         if self.conn is None or self.lease is None:
@@ -245,7 +326,7 @@ class _Run:
 
     async def main(self) -> WorkerStats:
         started = time.monotonic()
-        self.conn = await _connect(self.w.conninfo)
+        self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
         background: list[asyncio.Task[None]] = []
         try:
             self.lease = await ops.register_worker_async(
@@ -256,12 +337,22 @@ class _Run:
             )
             await ops.reconcile_worker_async(self.conn, self.lease, [])
             if not self.w.spec.is_async:
+                # Spare threads so that a timed-out handler, which cannot be stopped, does
+                # not keep its slot: the next task gets a fresh thread.
+                spare = self.w.concurrency if self.w.options.timeout is not None else 0
                 self.executor = ThreadPoolExecutor(
-                    max_workers=self.w.concurrency, thread_name_prefix=f"apalis-{self.w.queue}"
+                    max_workers=self.w.concurrency + spare,
+                    thread_name_prefix=f"apalis-{self.w.queue}",
                 )
             background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
+            if self.w.periodic:
+                service = PeriodicService(self.w.conninfo, self.w.periodic)
+                background.append(asyncio.ensure_future(service.run()))
+            if self.w.metrics_port is not None:
+                background.append(asyncio.ensure_future(self._serve_metrics(self.w.metrics_port)))
+            background.append(asyncio.ensure_future(self._lost_claims_loop()))
             if self.cfg.retention_window is not None:
-                purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)
+                purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)  # own conn
                 background.append(asyncio.ensure_future(purging))
             if self.cfg.listen:
                 listening = asyncio.Event()
@@ -411,6 +502,12 @@ class _Run:
             timeout = None
             if self._free_slots() > 0:
                 timeout = max(0.0, next_poll - time.monotonic())
+            due = self._expire()
+            if self.completed:
+                continue
+            if due is not None:
+                until_due = max(0.0, due - time.monotonic())
+                timeout = until_due if timeout is None else min(timeout, until_due)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
 
@@ -423,12 +520,17 @@ class _Run:
         conn, lease = self._db()
         # Completions waiting for their ack go with the claim: one round trip, one commit.
         with self._taking_completions() as done:
-            report, claimed = await ops.ack_and_claim_async(conn, lease, done, batch=free, ids=ids)
-        self._count_acks(report)
+            report, claimed = await ops.ack_and_claim_async(
+                conn, lease, done, batch=free, ids=ids, delays=self._delays_of(done)
+            )
+        self._forget_delays(done)
+        self._count_acks(report, done)
         await log_operator_kills(conn, lease.worker_id, report.stale)
         if claimed:
             log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
         self.stats.claimed += len(claimed)
+        if claimed:
+            self.observer.claimed(self.w.worker_id, self.w.queue, claimed)
         for job in claimed:
             self._dispatch(job)
         return claimed
@@ -439,21 +541,34 @@ class _Run:
             args = spec.decode(job.job)
         except ValueError as exc:
             # A failed attempt, as a Rust worker records it (Killed once attempts run out).
-            log.error("task %s failed: %s", job.id, exc)
-            self.completed.append((job, Outcome.failure(str(exc))))
+            self._complete(job, Outcome.failure(str(exc)), exc, 0.0)
             return
+        limit = self.w.options.timeout
+        self.observer.started(job)
+        ctx = TaskContext(
+            id=job.id,
+            queue=job.job_type,
+            attempt=job.attempts + 1,
+            max_attempts=job.max_attempts,
+            worker_id=self.w.worker_id,
+        )
         if spec.is_async:
-            task = asyncio.ensure_future(_call_async(spec, args))
+            with running_task(ctx):  # the asyncio task copies the context at creation
+                task = asyncio.ensure_future(_call_async(spec, args, limit))
             self.in_flight[task] = job
+            self.contexts[task] = ctx
             task.add_done_callback(self._on_done)
         else:
             if self.executor is None:
                 raise RuntimeError("a sync handler needs the worker's thread pool")
-            future = self.executor.submit(_call_sync, spec, args)
+            future = self.executor.submit(_call_sync, spec, args, ctx)
             self.in_flight[future] = job
+            self.contexts[future] = ctx
+            if limit is not None:
+                self.deadlines[future] = time.monotonic() + limit
             future.add_done_callback(self._on_thread_done)
 
-    def _on_thread_done(self, future: concurrent.futures.Future[Outcome]) -> None:
+    def _on_thread_done(self, future: concurrent.futures.Future[_Result]) -> None:
         """In the pool thread that ran the handler: queue the result and wake the loop once."""
         self.thread_done.append(future)
         if self.handoff_pending:
@@ -469,25 +584,110 @@ class _Run:
             self._on_done(self.thread_done.popleft())
 
     def _on_done(self, fut: _Running) -> None:
+        if isinstance(fut, concurrent.futures.Future):
+            self.deadlines.pop(fut, None)
+        self.contexts.pop(fut, None)
         job = self.in_flight.pop(fut, None)
         if job is None:
-            return  # already acked as timed out at shutdown
+            # Already recorded (timed out, or given up at shutdown): a stale late result.
+            if isinstance(fut, concurrent.futures.Future) and self.abandoned:
+                self.abandoned -= 1
+            log.info("a late result of an abandoned handler was discarded")
+            return
         if fut.cancelled():
             outcome = Outcome.failure("task cancelled: the worker shut down before it finished")
+            self._complete(job, outcome, None, 0.0)
         else:
             exc = fut.exception()
-            outcome = outcome_for_exception(exc) if exc is not None else fut.result()
-        self.completed.append((job, outcome))
+            if exc is not None:
+                self._complete(job, outcome_for_exception(exc), exc, 0.0)
+            else:
+                result = fut.result()
+                self._complete(job, result.outcome, result.exc, result.duration)
         self.wake.set()
+
+    def _cancel(self, task_id: str, attempts: int | None, reason: str) -> bool:
+        """Stop running a task this worker no longer holds (an operator cancelled it).
+
+        The row already says what happened (Killed, "cancelled by operator"), so nothing is
+        acked: an async handler is cancelled, a sync one told through current_task() and
+        its slot freed, its late result discarded.
+        """
+        for fut, job in list(self.in_flight.items()):
+            if job.id != task_id or (attempts is not None and job.attempts != attempts):
+                continue
+            del self.in_flight[fut]
+            ctx = self.contexts.pop(fut, None)
+            if ctx is not None:
+                ctx.cancel(reason)
+            if isinstance(fut, concurrent.futures.Future):
+                self.deadlines.pop(fut, None)
+                if not fut.cancel():
+                    self.abandoned += 1
+            else:
+                fut.cancel()
+            log.warning("task %s on queue %s stopped: %s", job.id, job.job_type, reason)
+            self.cancelled += 1
+            self.wake.set()
+            return True
+        return False
+
+    def _expire(self) -> float | None:
+        """Record the sync handlers past their limit as failed; the next deadline, if any."""
+        if not self.deadlines:
+            return None
+        now = time.monotonic()
+        limit = self.w.options.timeout or 0.0
+        for fut, due in list(self.deadlines.items()):
+            if due > now:
+                continue
+            del self.deadlines[fut]
+            job = self.in_flight.pop(fut, None)
+            if job is None:
+                continue
+            self.abandoned += 1
+            message = timeout_message(limit, is_async=False)
+            ctx = self.contexts.pop(fut, None)
+            if ctx is not None:
+                ctx.cancel(message)
+            self._complete(job, Outcome.failure(message), None, limit)
+        return min(self.deadlines.values(), default=None)
 
     async def _flush_acks(self) -> None:
         if not self.completed:
             return
         conn, lease = self._db()
         with self._taking_completions() as done:
-            report = await ops.ack_many_async(conn, lease, done)
-        self._count_acks(report)
+            report = await ops.ack_many_async(conn, lease, done, delays=self._delays_of(done))
+        self._forget_delays(done)
+        self._count_acks(report, done)
         await log_operator_kills(conn, lease.worker_id, report.stale)
+
+    def _delays_of(self, done: list[tuple[Job, Outcome]]) -> list[float]:
+        return [self.delays.get(job.id, 0.0) for job, _ in done]
+
+    def _forget_delays(self, done: list[tuple[Job, Outcome]]) -> None:
+        for job, _ in done:
+            self.delays.pop(job.id, None)
+
+    def _complete(
+        self, job: Job, outcome: Outcome, exc: BaseException | None, duration: float
+    ) -> None:
+        """Queue one outcome for its ack: its retry backoff drawn, a failure logged."""
+        delay = ack_delay(
+            self.w.options.retry,
+            status=outcome.status,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+        )
+        if outcome.status != "Done":
+            retryable = outcome.status == "Failed" and job.attempts + 1 < job.max_attempts
+            if delay:
+                self.delays[job.id] = delay
+            log_failure(job, exc, _err_text(outcome), retry_in=delay if retryable else None)
+        log_finished(job, outcome.status, duration)
+        self.durations[job.id] = duration
+        self.completed.append((job, outcome))
 
     @contextlib.contextmanager
     def _taking_completions(self) -> Iterator[list[tuple[Job, Outcome]]]:
@@ -502,7 +702,14 @@ class _Run:
             self.completed = done + self.completed
             raise
 
-    def _count_acks(self, report: ops.AckReport) -> None:
+    def _count_acks(self, report: ops.AckReport, done: list[tuple[Job, Outcome]]) -> None:
+        for job, _ in done:
+            duration = self.durations.pop(job.id, 0.0)
+            status = report.statuses.get(job.id)
+            if status is None:
+                self.observer.stale_ack(job, duration)
+            else:
+                self.observer.finished(job, status, duration)  # type: ignore[arg-type]
         for status in report.statuses.values():
             if status == "Done":
                 self.stats.done += 1
@@ -526,22 +733,22 @@ class _Run:
             )
         while self.in_flight and time.monotonic() < deadline:
             self.wake.clear()
+            due = self._expire()
             await self._flush_acks_logged()
+            wait = max(0.0, deadline - time.monotonic())
+            if due is not None:
+                wait = min(wait, max(0.0, due - time.monotonic()))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(self.wake.wait(), wait)
         for fut, job in list(self.in_flight.items()):
             del self.in_flight[fut]
             fut.cancel()
             log.warning("task %s did not finish within the shutdown timeout", job.id)
-            self.completed.append(
-                (
-                    job,
-                    Outcome.failure(
-                        f"task interrupted: the worker shut down and the task did not finish "
-                        f"within {self.cfg.shutdown_timeout:g}s"
-                    ),
-                )
+            message = (
+                f"task interrupted: the worker shut down and the task did not finish "
+                f"within {self.cfg.shutdown_timeout:g}s"
             )
+            self._complete(job, Outcome.failure(message), None, self.cfg.shutdown_timeout)
         await self._flush_acks_logged()
 
     async def _flush_acks_logged(self) -> None:
@@ -557,8 +764,9 @@ class _Run:
             return
         self.outage_seen = True
         try:
-            self.conn = await _connect(self.w.conninfo)
+            self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
             log.info("worker %s: reconnected", self.w.worker_id)
+            self.observer.reconnected(self.w.worker_id, "claim connection")
         except ConnectionFailed as exc:
             log.error("worker %s: reconnect failed: %s", self.w.worker_id, exc)
             return
@@ -586,6 +794,7 @@ class _Run:
         )
         self.lease_lost = True
         self.stats.lease_lost = True
+        self.observer.lease_lost(lease.worker_id, lease.queue)
         self.wake.set()
 
     def _note_heartbeat(self, lease: Lease) -> None:
@@ -624,7 +833,7 @@ class _Run:
                 await asyncio.sleep(self.cfg.heartbeat_interval)
                 try:
                     if conn is None or conn.closed or conn.broken:
-                        conn = await _connect(self.w.conninfo)
+                        conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
                     await ops.heartbeat_async(conn, lease)
                 except WorkerNotRegistered:
                     self._lose_lease(lease)
@@ -646,16 +855,105 @@ class _Run:
             if conn is not None:
                 await conn.close()
 
+    async def _serve_metrics(self, port: int) -> None:
+        """The Prometheus endpoint: an observer of this run and the queue-depth gauges."""
+        from apalis_client.metrics import (
+            PrometheusObserver,
+            QueueDepthGauges,
+            queue_depth_loop,
+            start_metrics_server,
+        )
+
+        prom = PrometheusObserver()
+        self.observer = combine([self.observer, prom])
+        server = start_metrics_server(port, prom.registry)
+        self.w.metrics_server = server
+        log.info("worker %s: metrics on port %d", self.w.worker_id, server.port)
+        try:
+            gauges = QueueDepthGauges(prom.registry)
+            await queue_depth_loop(self.w.conninfo, [self.w.queue], gauges)
+        finally:
+            server.stop()
+
+    async def _lost_claims_loop(self) -> None:
+        """Every second, the polling fallback of cancellation: drop tasks no longer ours."""
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                running = list(self.in_flight.values())
+                if not running or self.lease is None:
+                    continue
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+                    lost = await ops.lost_claims_async(conn, self.lease, running)
+                except ApalisError as exc:
+                    log.error("worker %s: lost-claims check failed: %s", self.w.worker_id, exc)
+                    continue
+                claimed_at = {job.id: job.attempts for job in running}
+                for task_id in lost:
+                    # The attempts of this run: a later claim of the same id is not hit.
+                    self._cancel(
+                        task_id, claimed_at[task_id], "the task is no longer held by this worker"
+                    )
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _probe_listen(self, probe: str, listening: asyncio.Event) -> None:
+        """Notify ``probe`` from the claim connection; warn if LISTEN has not heard it in 1 s.
+
+        A transaction pooler (PgBouncer in transaction mode) runs LISTEN on whichever
+        server connection it lends, then hands that connection to others: nothing is
+        delivered, and the worker would only find tasks by polling.
+        """
+        try:
+            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+            try:
+                await ops.notify_probe_async(conn, CANCEL_CHANNEL, probe)
+            finally:
+                await conn.close()
+            await asyncio.sleep(1.0)
+        except ApalisError as exc:
+            log.warning("worker %s: could not probe LISTEN: %s", self.w.worker_id, exc)
+        self.listen_warning = True
+        log.warning(
+            "worker %s: LISTEN on %s heard no probe notification within 1s: it probably goes "
+            "through a transaction pooler (PgBouncer in transaction mode), which does not "
+            "deliver notifications; the worker polls instead. Pass listen_conninfo= (CLI: "
+            "--listen-database-url) with a direct PostgreSQL connection string",
+            self.w.worker_id,
+            NOTIFY_CHANNEL,
+        )
+        listening.set()
+
     async def _listen_loop(self, listening: asyncio.Event) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while True:
                 try:
-                    conn = await _connect(self.w.conninfo)
+                    conn = await _connect(
+                        self.w.listen_conninfo or self.w.conninfo, self.w.connect_kwargs
+                    )
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-                    log.info("worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL)
-                    listening.set()
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
+                    probe = f"probe:{self.w.worker_id}:{time.monotonic_ns()}"
+                    probe_timer = asyncio.ensure_future(self._probe_listen(probe, listening))
                     async for note in conn.notifies():
+                        if note.channel == CANCEL_CHANNEL:
+                            if note.payload == probe:
+                                probe_timer.cancel()
+                                self.listen_warning = False
+                                log.info(
+                                    "worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL
+                                )
+                                listening.set()
+                                continue
+                            req = parse_cancel_payload(note.payload)
+                            if req is not None and req.is_for(self.w.worker_id, {self.w.queue}):
+                                self._cancel(req.id, req.attempts, CANCEL_MESSAGE)
+                            continue
                         event = parse_notify_payload(note.payload)
                         if event is None or event.job_type != self.w.queue:
                             continue
@@ -679,27 +977,46 @@ class _Run:
                 await conn.close()
 
 
-async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+async def _connect(
+    conninfo: str, kwargs: Mapping[str, Any] | None = None
+) -> psycopg.AsyncConnection[Any]:
     try:
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **(kwargs or {}))
     except psycopg.OperationalError as exc:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConnectionFailed("connect", line) from exc
 
 
-def _call_sync(spec: HandlerSpec, args: Any) -> Outcome:
-    try:
-        value = spec.func(args)
-    except Exception as exc:
-        log.info("handler failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        return outcome_for_exception(exc)
-    return outcome_for_return(value)
+def _err_text(outcome: Outcome) -> str:
+    result = outcome.result
+    if isinstance(result, dict) and "Err" in result:
+        return str(result["Err"])
+    return str(result)
 
 
-async def _call_async(spec: HandlerSpec, args: Any) -> Outcome:
+def _call_sync(spec: HandlerSpec, args: Any, ctx: TaskContext) -> _Result:
+    started = time.monotonic()
     try:
-        value = await spec.func(args)
+        with running_task(ctx):
+            value = spec.func(args)
     except Exception as exc:
-        log.info("handler failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        return outcome_for_exception(exc)
-    return outcome_for_return(value)
+        return _Result(outcome_for_exception(exc), exc, time.monotonic() - started)
+    return _Result(outcome_for_return(value), None, time.monotonic() - started)
+
+
+async def _call_async(spec: HandlerSpec, args: Any, limit: float | None) -> _Result:
+    started = time.monotonic()
+    try:
+        if limit is None:
+            value = await spec.func(args)
+        else:
+            value = await asyncio.wait_for(spec.func(args), limit)
+    except TimeoutError:
+        if limit is None:
+            raise
+        return _Result(
+            Outcome.failure(timeout_message(limit, is_async=True)), None, time.monotonic() - started
+        )
+    except Exception as exc:
+        return _Result(outcome_for_exception(exc), exc, time.monotonic() - started)
+    return _Result(outcome_for_return(value), None, time.monotonic() - started)

@@ -43,7 +43,7 @@ from apalis_client.worker_ops_logic import (
     _use_transaction_block,
 )
 from apalis_generated import ack_async as ack_q_async
-from apalis_generated import keep_alive_async, lock_async, reenqueue_async
+from apalis_generated import cancel_async, keep_alive_async, lock_async, reenqueue_async
 from apalis_generated.models import Job
 
 
@@ -168,15 +168,21 @@ async def ack_async(
 
 
 async def ack_many_async(
-    conn: psycopg.AsyncConnection[Any], lease: Lease, items: Sequence[tuple[Job, Outcome]]
+    conn: psycopg.AsyncConnection[Any],
+    lease: Lease,
+    items: Sequence[tuple[Job, Outcome]],
+    *,
+    delays: Sequence[float] | None = None,
 ) -> AckReport:
     """Acknowledge many claimed tasks in one statement, each under its own guard.
 
+    ``delays`` (seconds, one per item) is the retry backoff: a task whose attempt stays
+    retryable (final status Failed) becomes claimable that long after completion.
     Stale ones are not raised but returned (and logged) in ``AckReport.stale``.
     """
     if not items:
         return AckReport({}, [])
-    params = _ack_batch_params(lease, items)
+    params = _ack_batch_params(lease, items, delays)
     with database_errors("acknowledge tasks"):
         rows = await ack_q_async.ack_batch(conn, **params)
     return _ack_report(items, rows)
@@ -189,6 +195,7 @@ async def ack_and_claim_async(
     *,
     batch: int,
     ids: Sequence[str] | None = None,
+    delays: Sequence[float] | None = None,
 ) -> tuple[AckReport, list[Job]]:
     """:func:`ack_many` then :func:`claim_next` (or :func:`claim_by_ids` with ``ids``), sent
     together: one round trip, and on an idle autocommit connection one transaction.
@@ -201,7 +208,7 @@ async def ack_and_claim_async(
         if ids is None:
             return AckReport({}, []), await claim_next_async(conn, lease, batch=batch)
         return AckReport({}, []), await claim_by_ids_async(conn, lease, ids, batch=batch)
-    ack_params = _ack_batch_params(lease, items)
+    ack_params = _ack_batch_params(lease, items, delays)
     claim_sql, claim_params = _claim_statement(lease, ids, batch)
     with database_errors("acknowledge tasks and claim more"):
         async with (
@@ -298,3 +305,31 @@ async def reconcile_worker_async(
 async def deregister_worker_async(conn: psycopg.AsyncConnection[Any], lease: Lease) -> bool:
     """:func:`release_worker`, reporting only whether the lease was still ours."""
     return await release_worker_async(conn, lease) is not None
+
+
+async def notify_probe_async(
+    conn: psycopg.AsyncConnection[Any], channel: str, payload: str
+) -> None:
+    """Send ``payload`` on ``channel`` (the worker's LISTEN probe)."""
+    with database_errors("send the LISTEN probe"):
+        await cancel_async.notify_probe(conn, channel=channel, payload=payload)
+
+
+async def lost_claims_async(
+    conn: psycopg.AsyncConnection[Any], lease: Lease, running: Sequence[Job]
+) -> list[str]:
+    """Of the tasks ``running`` (as claimed), the ids this worker no longer holds.
+
+    The polling fallback of cancellation: cancelled, killed, re-enqueued or deleted.
+    """
+    if not running:
+        return []
+    with database_errors("check running tasks"):
+        rows = await cancel_async.lost_claims(
+            conn,
+            ids=[t.id for t in running],
+            attempts=[t.attempts for t in running],
+            queue=lease.queue,
+            worker_id=lease.worker_id,
+        )
+    return [r.id for r in rows]

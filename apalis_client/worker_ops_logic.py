@@ -188,7 +188,13 @@ def _acked(task: Job, outcome: Outcome, rows: int) -> None:
     log.debug("task %s acknowledged: %s", task.id, outcome.status)
 
 
-def _ack_batch_params(lease: Lease, items: Sequence[tuple[Job, Outcome]]) -> dict[str, Any]:
+def _ack_batch_params(
+    lease: Lease,
+    items: Sequence[tuple[Job, Outcome]],
+    delays: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    if delays is not None and len(delays) != len(items):
+        raise InvalidArgument(f"got {len(delays)} retry delays for {len(items)} acknowledgements")
     for task, _ in items:
         if task.lock_at is None:
             raise InvalidArgument(f"task {task.id!r} was not claimed (no lock_at)")
@@ -203,6 +209,7 @@ def _ack_batch_params(lease: Lease, items: Sequence[tuple[Job, Outcome]]) -> dic
         "lock_ats": [t.lock_at for t, _ in items],
         "outcomes": [o.status for _, o in items],
         "results": [o.result_json() for _, o in items],
+        "delays": [0.0] * len(items) if delays is None else [float(d) for d in delays],
         "queue": lease.queue,
         "worker_id": lease.worker_id,
         "lease_token": lease.lease_token,

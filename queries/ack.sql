@@ -31,8 +31,11 @@ UPDATE apalis.jobs AS j
 
 -- name: ack_batch :many
 -- Record many outcomes in one statement, after one worker guard, each row
--- under the same row guard as ack. Returns the ids that were acknowledged; a
--- missing id was stale.
+-- under the same row guard as ack. @delays holds the retry backoff in seconds
+-- per task: run_at moves to completion + delay only when the row ends Failed
+-- (attempts left), so a Rust worker sees just a later run_at, which its claim
+-- already respects. Returns the ids that were acknowledged with their final
+-- status and run_at; a missing id was stale.
 -- nullable: lease_token
 WITH guard AS MATERIALIZED (
     SELECT w.id
@@ -42,14 +45,16 @@ WITH guard AS MATERIALIZED (
        AND (@lease_token::text IS NULL OR w.lease_token = @lease_token::text)
        FOR KEY SHARE
 ), acks AS (
-    SELECT a.id, a.attempts, a.lock_at, a.outcome, a.result
-      FROM unnest(
-               @ids::text[],
-               @attempts::int4[],
-               @lock_ats::timestamptz[],
-               @outcomes::text[],
-               @results::text[]
-           ) AS a(id, attempts, lock_at, outcome, result)
+    SELECT a.id, a.attempts, a.lock_at, a.outcome, a.result, a.delay,
+           clock_timestamp() AS finished_at
+      FROM ROWS FROM (
+               pg_catalog.unnest(@ids::text[]),
+               pg_catalog.unnest(@attempts::int4[]),
+               pg_catalog.unnest(@lock_ats::timestamptz[]),
+               pg_catalog.unnest(@outcomes::text[]),
+               pg_catalog.unnest(@results::text[]),
+               pg_catalog.unnest(@delays::float8[])
+           ) AS a(id, attempts, lock_at, outcome, result, delay)
 )
 UPDATE apalis.jobs AS j
    SET status = CASE
@@ -58,7 +63,13 @@ UPDATE apalis.jobs AS j
        END,
        attempts = j.attempts + 1,
        last_result = acks.result::jsonb,
-       done_at = clock_timestamp()
+       done_at = acks.finished_at,
+       run_at = CASE
+           WHEN acks.outcome = 'Failed' AND j.attempts + 1 < j.max_attempts
+               THEN acks.finished_at
+                    + pg_catalog.make_interval(secs => GREATEST(acks.delay, 0::float8))
+           ELSE j.run_at
+       END
   FROM acks
  WHERE EXISTS (SELECT 1 FROM guard)
    AND j.id = acks.id
@@ -67,4 +78,4 @@ UPDATE apalis.jobs AS j
    AND j.lock_at = acks.lock_at
    AND j.attempts = acks.attempts
    AND j.status IN ('Queued', 'Running')
-RETURNING j.id, j.status;
+RETURNING j.id, j.status, j.run_at;

@@ -25,7 +25,7 @@ WITH target AS (
      WHERE j.id = target.id
     RETURNING j.id, j.job_type, j.lock_by, j.attempts, target.previous_status
 ), notified AS (
-    SELECT pg_notify(
+    SELECT pg_catalog.pg_notify(
                'apalis_client::cancel',
                pg_catalog.json_build_object(
                    'id', k.id,
@@ -39,7 +39,7 @@ WITH target AS (
        AND k.lock_by IS NOT NULL
 )
 SELECT k.id, k.job_type, k.lock_by, k.attempts, k.previous_status,
-       (SELECT count(*) FROM notified) > 0 AS notified
+       (SELECT pg_catalog.count(*) FROM notified) > 0 AS notified
   FROM killed AS k;
 
 -- name: lost_claims :many
@@ -51,10 +51,16 @@ SELECT k.id, k.job_type, k.lock_by, k.attempts, k.previous_status,
 -- nullable-column: status, last_result
 -- not-null: id
 SELECT h.id, j.status, j.last_result
-  FROM unnest(@ids::text[], @attempts::int4[]) AS h(id, attempts)
+  FROM ROWS FROM (pg_catalog.unnest(@ids::text[]), pg_catalog.unnest(@attempts::int4[]))
+       AS h(id, attempts)
   LEFT JOIN apalis.jobs AS j ON j.id = h.id
  WHERE j.id IS NULL
     OR j.job_type <> @queue
     OR j.status NOT IN ('Queued', 'Running')
     OR j.lock_by IS DISTINCT FROM @worker_id
     OR j.attempts <> h.attempts;
+
+-- name: notify_probe :exec
+-- A probe on our cancel channel (payload not JSON, so no worker acts on it): a
+-- worker sends it after LISTEN to see whether notifications reach it at all.
+SELECT pg_catalog.pg_notify(@channel::text, @payload::text);

@@ -924,6 +924,7 @@ def batch_args(jobs: list[Job], outcomes: list[str], token: str | None) -> dict[
         "lock_ats": [j.lock_at for j in jobs],
         "outcomes": outcomes,
         "results": ['{"Ok": null}' if o == "Done" else '{"Err": "e"}' for o in outcomes],
+        "delays": [0.0] * len(jobs),
         "queue": Q,
         "worker_id": W,
         "lease_token": token,
@@ -940,7 +941,7 @@ def test_ack_batch_returns_only_the_fresh_ids(flavor: Flavor, migrated_db: str) 
     before = [find(migrated_db, "B"), find(migrated_db, "C")]
     args = batch_args([a, stale_b, stale_c], ["Done", "Done", "Done"], token)
     rows = call(flavor, "ack", "ack_batch", migrated_db, **args)
-    assert rows == [AckBatchRow.model_construct(id="A", status="Done")]
+    assert [(r.id, r.status, r.run_at) for r in rows] == [("A", "Done", a.run_at)]
     assert type(rows[0]) is AckBatchRow
     assert [find(migrated_db, "B"), find(migrated_db, "C")] == before
 
@@ -1764,7 +1765,7 @@ def test_claims_refuse_a_worker_whose_lease_was_taken_over(
     ]
 
 
-# --- retry backoff, cancellation, queue depth (issue 16: new statements, wired in later) ---
+# --- retry backoff, cancellation, queue depth (issue 16) ---
 
 
 def backoff_ack(
@@ -1773,8 +1774,8 @@ def backoff_ack(
     return list(
         call(
             flavor,
-            "ack_backoff",
-            "ack_batch_backoff",
+            "ack",
+            "ack_batch",
             url,
             worker_id=W,
             queue=Q,
@@ -1789,7 +1790,7 @@ def backoff_ack(
     )
 
 
-def test_ack_batch_backoff_moves_run_at_of_a_retryable_failure_by_its_delay(
+def test_ack_batch_delays_moves_run_at_of_a_retryable_failure_by_its_delay(
     flavor: Flavor, migrated_db: str
 ) -> None:
     token = register(migrated_db)
@@ -1807,7 +1808,7 @@ def test_ack_batch_backoff_moves_run_at_of_a_retryable_failure_by_its_delay(
     assert claim(migrated_db) == []
 
 
-def test_ack_batch_backoff_kills_at_the_limit_and_leaves_run_at(
+def test_ack_batch_delays_kills_at_the_limit_and_leaves_run_at(
     flavor: Flavor, migrated_db: str
 ) -> None:
     job, token = claimed_task(migrated_db, max_attempts=1)
@@ -1816,7 +1817,7 @@ def test_ack_batch_backoff_kills_at_the_limit_and_leaves_run_at(
     assert find(migrated_db, job.id).run_at == job.run_at
 
 
-def test_ack_batch_backoff_under_another_lease_token_acks_nothing(
+def test_ack_batch_delays_under_another_lease_token_acks_nothing(
     flavor: Flavor, migrated_db: str
 ) -> None:
     job, _ = claimed_task(migrated_db)
@@ -1844,6 +1845,21 @@ def test_cancel_task_kills_a_running_task_and_notifies_its_worker(
     )
     # The worker's late ack is stale: the operator's outcome stays.
     assert backoff_ack(flavor, migrated_db, [job], ["Done"], [0.0], token) == []
+
+
+def test_notify_probe_sends_its_payload_on_the_channel(flavor: Flavor, migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as listener:
+        listener.execute('LISTEN "apalis_client::cancel"')
+        call(
+            flavor,
+            "cancel",
+            "notify_probe",
+            migrated_db,
+            channel="apalis_client::cancel",
+            payload="probe:x",
+        )
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notes] == ["probe:x"]
 
 
 def test_cancel_task_of_a_pending_task_kills_it_without_a_notify(

@@ -72,7 +72,7 @@ def test_format_age_is_short_and_readable() -> None:
 
 COMMANDS = [
     "migrate", "verify", "push", "worker", "queues", "tasks", "show", "retry", "kill",
-    "workers", "purge", "prune", "wait",
+    "cancel", "workers", "purge", "prune", "wait",
 ]  # fmt: skip
 
 
@@ -540,3 +540,25 @@ def test_a_database_url_that_is_not_one_is_a_usage_error(
     code, out, err = run(capsys, "queues", "--database-url", "not a url")
     assert (code, out) == (2, "")
     assert err.startswith("apalis-client queues: error: --database-url is not a PostgreSQL URL")
+
+
+def test_cancel_ends_a_pending_task_as_cancelled_by_operator(
+    capsys: pytest.CaptureFixture[str], migrated_db: str
+) -> None:
+    (tid,) = push(migrated_db, "q", [1])
+    code, out, _ = run(capsys, "cancel", tid, "--database-url", migrated_db)
+    assert (code, out) == (0, f"task {tid} cancelled\n")
+    row = task(migrated_db, tid)
+    assert (row["status"], row["last_result"]) == ("Killed", {"Err": "cancelled by operator"})
+
+
+def test_cancel_of_a_finished_task_is_refused(
+    capsys: pytest.CaptureFixture[str], migrated_db: str
+) -> None:
+    tid = finish_one(migrated_db, "q", Outcome.success(1))
+    assert run(capsys, "cancel", tid, "--database-url", migrated_db) == (
+        1,
+        "",
+        f"apalis-client cancel: error: task {tid} is Done: it has already finished; "
+        "nothing to cancel\n",
+    )

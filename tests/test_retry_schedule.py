@@ -1,6 +1,6 @@
 """A task failing three times is retried at backoff intervals, never early for a Rust claim.
 
-The ack with backoff (``ack_batch_backoff``) sets run_at; the claims here are the Rust
+The ack with backoff (``ack_batch``) sets run_at; the claims here are the Rust
 0.6 worker's shape (the contract's claim predicate on ``statement_timestamp()``), polled
 every 10 ms, so the time between a failure and the next claim shows what a Rust worker
 sharing the queue would do.
@@ -21,7 +21,7 @@ from ulid import ULID
 
 from apalis_client import worker_ops
 from apalis_client.retry import ExponentialBackoff, retry_delay
-from apalis_generated.ack_backoff import ack_batch_backoff
+from apalis_generated.ack import ack_batch
 from apalis_generated.push import push_tasks
 
 Q = "retries"
@@ -78,7 +78,7 @@ def test_three_failures_are_retried_at_backoff_intervals_within_jitter_bounds(
         waited: list[tuple[float, float, float]] = []
         for attempt in (1, 2, 3):
             delay = retry_delay(policy, attempt)
-            (acked,) = ack_batch_backoff(
+            (acked,) = ack_batch(
                 conn,
                 worker_id=W,
                 queue=Q,
@@ -125,7 +125,7 @@ def test_the_backoff_ack_holds_the_worker_row_against_a_takeover_until_it_commit
         )
         job = rust_claim(conn, 5)
     with psycopg.connect(migrated_db) as acker, psycopg.connect(migrated_db) as taker:
-        (acked,) = ack_batch_backoff(
+        (acked,) = ack_batch(
             acker,
             worker_id=W,
             queue=Q,

@@ -152,7 +152,9 @@ def test_failing_twice_then_succeeding_ends_done_with_attempts_3(
             raise RuntimeError(f"attempt {len(calls)} failed")
         return "ok"
 
-    Worker("q", handler(kind, flaky), conninfo=migrated_db, config=FAST).run(until_idle=True)
+    Worker("q", handler(kind, flaky), conninfo=migrated_db, config=FAST, retry=0).run(
+        until_idle=True
+    )
     row = task(migrated_db, tid)
     assert (row["status"], row["attempts"], row["last_result"]) == ("Done", 3, {"Ok": "ok"})
 
@@ -165,7 +167,7 @@ def test_always_failing_ends_killed_with_its_last_error(kind: str, migrated_db: 
         calls.append(1)
         raise ValueError(f"failure number {len(calls)}")
 
-    stats = Worker("q", handler(kind, broken), conninfo=migrated_db, config=FAST).run(
+    stats = Worker("q", handler(kind, broken), conninfo=migrated_db, config=FAST, retry=0).run(
         until_idle=True
     )
     row = task(migrated_db, tid)
@@ -200,7 +202,9 @@ def test_payload_that_does_not_decode_is_a_failed_attempt_each_time_until_killed
         calls.append(email.to)
         return email.subject
 
-    Worker("q", handler(kind, send), conninfo=migrated_db, config=FAST).run(until_idle=True)
+    Worker("q", handler(kind, send), conninfo=migrated_db, config=FAST, retry=0).run(
+        until_idle=True
+    )
     row = task(migrated_db, bad)
     # As a Rust 0.6 worker records it: each decode failure is an attempt, Killed at the limit.
     assert (row["status"], row["attempts"], row["max_attempts"]) == ("Killed", 5, 5)

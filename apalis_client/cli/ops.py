@@ -177,6 +177,18 @@ def _retry(args: argparse.Namespace) -> int:
     return OK
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    from apalis_client import admin
+
+    with connect(require_url(args)) as conn:
+        done = [admin.cancel(conn, i) for i in args.ids]
+    if args.as_json:
+        print_json(done)
+    for task in [] if args.as_json else done:
+        print(f"task {task.id} cancelled")
+    return OK
+
+
 def _kill(args: argparse.Namespace) -> int:
     from apalis_client import admin
 
@@ -342,6 +354,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_database_url(p)
     add_json(p)
     p.set_defaults(run=_kill)
+
+    p = sub.add_parser(
+        "cancel",
+        help="cancel unfinished tasks by id, stopping the handler that runs one",
+        description='Cancel tasks: Killed with {"Err": "cancelled by operator"}. A worker '
+        "running one is told within a second: an async handler is cancelled, a sync one "
+        "sees current_task().cancelled.",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID")
+    add_database_url(p)
+    add_json(p)
+    p.set_defaults(run=_cancel)
 
     p = sub.add_parser("workers", help="worker rows: registered, last heartbeat, active tasks")
     p.add_argument("queue", nargs="?", help="only this queue's workers")

@@ -75,6 +75,10 @@ def _run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             worker_id=args.worker_id,
             config=config,
+            retry=args.retry_delay,
+            timeout=args.timeout,
+            connect_kwargs={"prepare_threshold": None} if args.no_prepare else None,
+            listen_conninfo=args.listen_database_url,
         )
     except TypeError as exc:  # the handler's signature does not fit
         raise Failure(str(exc), USAGE) from exc
@@ -122,6 +126,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="how often the retention purge runs (default 1h)",
     )
     p.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
+    p.add_argument(
+        "--listen-database-url",
+        default=None,
+        metavar="URL",
+        help="LISTEN here instead (PostgreSQL directly, when --database-url is a pooler)",
+    )
+    p.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="no server-side prepared statements (PgBouncer in transaction mode)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="time limit of one handler run (default: none)",
+    )
+    p.add_argument(
+        "--retry-delay",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="constant wait before a failed task is retried (default: exponential backoff "
+        "1s, 2s, 4s ... up to 5m, with jitter)",
+    )
     p.add_argument("--until-idle", action="store_true", help="exit once nothing is claimable")
     p.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
