@@ -134,3 +134,28 @@ def test_capture_rule(
     shop_conn: psycopg.Connection[Any], sql: str, flagged: list[str], tmp_path: Path
 ) -> None:
     assert _flagged(shop_conn, sql, tmp_path) == flagged
+
+
+def test_the_repository_codegen_refuses_a_capturable_call(tmp_path: Path, server_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copytree(repo / "queries", tmp_path / "queries")
+    with (tmp_path / "queries" / "admin.sql").open("a", encoding="utf-8") as f:
+        f.write("\n-- name: bad_agg :one\nSELECT array_to_string(ARRAY['a'], ',') AS s;\n")
+    env = {k: v for k, v in os.environ.items() if k != trust.MODE_VARIABLE}
+    argv = ["--queries", str(tmp_path / "queries"), "--schema", str(repo / "schema")]
+    argv += ["--out", str(tmp_path / "out"), "--package", "apalis_generated"]
+    done = subprocess.run(
+        [sys.executable, "-m", "codegen", *argv, "--database-url", server_url],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "admin.sql:" in done.stderr and "pg_catalog.array_to_string" in done.stderr
+    assert "Traceback" not in done.stderr
