@@ -137,6 +137,16 @@ def flavor(request: pytest.FixtureRequest) -> Flavor:
     return Flavor(str(request.param))
 
 
+@pytest.fixture
+def runs_db(migrated_db: str) -> str:
+    """A migrated database with the ``runs`` table the worker_support handlers record into."""
+    from worker_support import CREATE_RUNS
+
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(CREATE_RUNS.encode())
+    return migrated_db
+
+
 Query = Callable[[str, str], list[tuple[Any, ...]]]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -16,13 +15,14 @@ import pytest
 from rust06_worker import RELEASE_MESSAGE, RustWorker
 from ulid import ULID
 from worker_support import (
-    CREATE_RUNS,
+    CRASH_FLAGS,
     Background,
     Proxy,
     push,
     rows,
     spawn_worker,
     statuses,
+    stop,
     task,
     wait_for,
 )
@@ -32,21 +32,6 @@ from apalis_client.worker import Worker, WorkerConfig
 from apalis_generated.push import push_tasks
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-FAST_FLAGS = ("--heartbeat-interval", "0.3", "--orphan-threshold", "1.5", "--poll-interval", "0.05")
-
-
-@pytest.fixture
-def runs_db(migrated_db: str) -> str:
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
-        conn.execute(CREATE_RUNS.encode())
-    return migrated_db
-
-
-def stop(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM) -> str:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
-    return out
 
 
 def runs_per_task(url: str) -> dict[int, int]:
@@ -66,7 +51,7 @@ def test_a_worker_sigkilled_and_restarted_under_its_id_runs_each_task_once_more(
     runs_db: str,
 ) -> None:
     push(runs_db, "fixed", [{"n": n} for n in range(4)])
-    args = ("--worker-id", "fixed-1", "--concurrency", "4", *FAST_FLAGS)
+    args = ("--worker-id", "fixed-1", "--concurrency", "4", *CRASH_FLAGS)
     first = spawn_worker(runs_db, "fixed", "worker_support:hang_once", *args)
     try:
         wait_for(lambda: len(runs_per_task(runs_db)) == 4, 20, "all four tasks to start")

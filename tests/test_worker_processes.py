@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
-import psycopg
-import pytest
 from worker_support import (
-    CREATE_RUNS,
+    CRASH_FLAGS,
     Background,
     push,
     rows,
     spawn_worker,
     statuses,
+    stop,
     task,
     wait_for,
 )
@@ -24,29 +22,6 @@ from apalis_client.worker_logic import HEARTBEAT_TIMEOUT_MESSAGE
 
 PROCESSES = 4
 TASKS_PER_PROCESS = 2_000
-# Short enough that a killed worker's task comes back within a few seconds.
-CRASH_FLAGS = (
-    "--heartbeat-interval",
-    "0.3",
-    "--orphan-threshold",
-    "1.5",
-    "--poll-interval",
-    "0.05",
-)
-
-
-@pytest.fixture
-def runs_db(migrated_db: str) -> str:
-    with psycopg.connect(migrated_db, autocommit=True) as conn:
-        conn.execute(CREATE_RUNS.encode())
-    return migrated_db
-
-
-def stop(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM) -> str:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
-    return out
 
 
 def test_four_processes_complete_every_task_exactly_once(runs_db: str) -> None:

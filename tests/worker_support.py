@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -124,6 +125,25 @@ class Background:
         if self.stats is None:
             raise AssertionError("worker returned no stats")
         return self.stats
+
+
+# Short enough that a killed worker's task comes back within a few seconds.
+CRASH_FLAGS = (
+    "--heartbeat-interval",
+    "0.3",
+    "--orphan-threshold",
+    "1.5",
+    "--poll-interval",
+    "0.05",
+)
+
+
+def stop(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM) -> str:
+    """Signal a worker process (unless it already ended) and return its output."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    return out
 
 
 def spawn_worker(
