@@ -267,7 +267,9 @@ class Proxy:
                     if src is server and self._should_cut(data):
                         return
                     (server if src is client else client).sendall(data)
-        except OSError:
+        except (OSError, ValueError):
+            # Another thread (a cut or drop) closed the pair: select() then sees fd -1 and
+            # raises ValueError, recv/send raise OSError. Either way this pump is done.
             return
         finally:
             with self.lock:
