@@ -15,6 +15,9 @@ A user can build a custom loop from these::
         ack(conn, lease, task, Outcome.success({"sent": True}))
     release_worker(conn, lease)
 
+``ack`` checks the lease like every other operation; ``ack(conn, UNFENCED, task, outcome)``
+is the one way to acknowledge without it, spelled out (see docs/security.md).
+
 ``register_untokened`` registers an id without a lease token (admin tools, legacy
 ``apalis.get_jobs`` clients); ``reconcile_worker`` hands back the claims in the worker's
 name it is not running (after a reconnect or a restart under the same id).
@@ -40,7 +43,14 @@ from apalis_client.worker_ops_async import (
     register_worker_async,
     release_worker_async,
 )
-from apalis_client.worker_ops_logic import LAYERS, AckReport, Lease, OrphanReport
+from apalis_client.worker_ops_logic import (
+    LAYERS,
+    UNFENCED,
+    AckReport,
+    Lease,
+    OrphanReport,
+    Unfenced,
+)
 from apalis_client.worker_ops_sync import (
     ack,
     ack_and_claim,
@@ -62,11 +72,13 @@ from apalis_generated.models import Job
 
 __all__ = [
     "LAYERS",
+    "UNFENCED",
     "AckReport",
     "Job",
     "Lease",
     "OrphanReport",
     "Outcome",
+    "Unfenced",
     "ack",
     "ack_and_claim",
     "ack_and_claim_async",

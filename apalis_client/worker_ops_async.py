@@ -23,6 +23,7 @@ from apalis_client.worker_ops_logic import (
     AckReport,
     Lease,
     OrphanReport,
+    Unfenced,
     _ack_batch_params,
     _ack_params,
     _ack_report,
@@ -153,13 +154,14 @@ async def lock_task_async(
 
 
 async def ack_async(
-    conn: psycopg.AsyncConnection[Any], lease: Lease | None, task: Job, outcome: Outcome
+    conn: psycopg.AsyncConnection[Any], lease: Lease | Unfenced, task: Job, outcome: Outcome
 ) -> None:
     """Record ``outcome`` for a claimed ``task``; raises StaleAcknowledgement if it moved on.
 
-    With ``lease`` the ack also requires the worker still to hold its lease;
-    ``None`` acks as the task's owner without that check (as a worker with no
-    lease token does).
+    The ack requires the worker still to hold ``lease``. Only ``UNFENCED``, passed by
+    name, acks as the task's owner without that check (an admin tool, or a worker
+    registered without a token); anything else that is not a Lease (``None`` included)
+    is InvalidArgument before any SQL.
     """
     params = _ack_params(lease, task, outcome)
     with database_errors("acknowledge task"):

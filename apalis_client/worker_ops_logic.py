@@ -5,10 +5,11 @@ Shared by ``worker_ops_async`` and the ``worker_ops_sync`` generated from it.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from ulid import ULID
@@ -44,6 +45,45 @@ class Lease:
     worker_id: str
     queue: str
     lease_token: str
+
+    def __post_init__(self) -> None:
+        # An empty or missing token would make the SQL guard match any registration (or
+        # none); skipping the guard is spelled UNFENCED, never a blank Lease.
+        if not isinstance(self.lease_token, str) or not self.lease_token:
+            raise InvalidArgument(
+                f"Lease.lease_token must be a non-empty str, got {self.lease_token!r}; "
+                "to acknowledge without the lease check pass worker_ops.UNFENCED instead"
+            )
+
+
+class Unfenced(enum.Enum):
+    """The type of :data:`UNFENCED`, the explicit opt-out of the lease guard."""
+
+    UNFENCED = "UNFENCED"
+
+
+#: Pass as ``lease`` to ``ack`` to acknowledge as the task's owner (``task.lock_by``)
+#: without checking that the owner still holds its lease: an admin tool or a worker that
+#: registered without a token. The row guard (owner, lock_at, attempts) still applies.
+UNFENCED: Final = Unfenced.UNFENCED
+
+
+def _lease_token(operation: str, lease: object) -> str | None:
+    """The token the guard checks; None only for UNFENCED, asked for by name."""
+    if isinstance(lease, Lease):
+        return lease.lease_token
+    if lease is UNFENCED:
+        return None
+    raise InvalidArgument(
+        f"{operation} needs the worker's Lease, got {lease!r}; the lease guard is skipped "
+        "only when asked for by name: pass worker_ops.UNFENCED"
+    )
+
+
+def _require_lease(operation: str, lease: object) -> Lease:
+    if not isinstance(lease, Lease):
+        raise InvalidArgument(f"{operation} needs the worker's Lease, got {lease!r}")
+    return lease
 
 
 @dataclass(frozen=True)
@@ -167,7 +207,8 @@ def _check_batch(batch: int) -> int:
     return batch
 
 
-def _ack_params(lease: Lease | None, task: Job, outcome: Outcome) -> dict[str, Any]:
+def _ack_params(lease: Lease | Unfenced, task: Job, outcome: Outcome) -> dict[str, Any]:
+    token = _lease_token("ack", lease)
     if task.lock_by is None or task.lock_at is None:
         raise InvalidArgument(f"task {task.id!r} was not claimed (no lock_by/lock_at)")
     return {
@@ -178,7 +219,7 @@ def _ack_params(lease: Lease | None, task: Job, outcome: Outcome) -> dict[str, A
         "worker_id": task.lock_by,
         "lock_at": task.lock_at,
         "attempts": task.attempts,
-        "lease_token": lease.lease_token if lease else None,
+        "lease_token": token,
     }
 
 
@@ -193,6 +234,7 @@ def _ack_batch_params(
     items: Sequence[tuple[Job, Outcome]],
     delays: Sequence[float] | None = None,
 ) -> dict[str, Any]:
+    lease = _require_lease("ack_many", lease)
     if delays is not None and len(delays) != len(items):
         raise InvalidArgument(f"got {len(delays)} retry delays for {len(items)} acknowledgements")
     for task, _ in items:
@@ -237,6 +279,7 @@ def _claim_statement(
     lease: Lease, ids: Sequence[str] | None, batch: int
 ) -> tuple[str, dict[str, Any]]:
     """The claim that follows an ack batch: the next claimable tasks, or those among ``ids``."""
+    lease = _require_lease("claim", lease)
     params: dict[str, Any] = {
         "queue": lease.queue,
         "batch": _check_batch(batch),

@@ -211,6 +211,49 @@ def test_stale_ack_raises_and_the_newer_outcome_stands(op: Ops, migrated_db: str
     )
 
 
+def test_ack_without_a_lease_is_refused_before_any_sql(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    (tid,) = push(migrated_db, "q", [0])
+    (claimed,) = op.claim_next(lease, batch=1)
+    with pytest.raises(InvalidArgument, match=r"ack needs the worker's Lease, got None.*UNFENCED"):
+        op.ack(None, claimed, Outcome.success("stray"))
+    row = task(migrated_db, tid)
+    assert (row["status"], row["attempts"], row["last_result"]) == ("Running", 0, None)
+
+
+def test_unfenced_ack_named_explicitly_acks_as_the_task_owner(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    (tid,) = push(migrated_db, "q", [0])
+    (claimed,) = op.claim_next(lease, batch=1)
+    op.ack(ops.UNFENCED, claimed, Outcome.success("admin"))
+    row = task(migrated_db, tid)
+    assert (row["status"], row["attempts"], row["last_result"]) == ("Done", 1, {"Ok": "admin"})
+
+
+def test_ack_with_a_forged_lease_token_is_stale(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    (tid,) = push(migrated_db, "q", [0])
+    (claimed,) = op.claim_next(lease, batch=1)
+    forged = Lease(lease.worker_id, lease.queue, "01AAAAAAAAAAAAAAAAAAAAAAAA")
+    with pytest.raises(StaleAcknowledgement, match=tid):
+        op.ack(forged, claimed, Outcome.success("stray"))
+    assert task(migrated_db, tid)["status"] == "Running"
+
+
+def test_ack_many_without_a_lease_is_refused(op: Ops, migrated_db: str) -> None:
+    lease = op.register_worker("q", "w1")
+    push(migrated_db, "q", [0])
+    (claimed,) = op.claim_next(lease, batch=1)
+    with pytest.raises(InvalidArgument, match="ack_many needs the worker's Lease, got None"):
+        op.ack_many(None, [(claimed, Outcome.success("stray"))])
+
+
+@pytest.mark.parametrize("token", ["", None])
+def test_a_lease_with_a_blank_token_cannot_be_built(token: object) -> None:
+    with pytest.raises(InvalidArgument, match=r"lease_token must be a non-empty str.*UNFENCED"):
+        Lease("w1", "q", token)  # type: ignore[arg-type]
+
+
 def test_duplicate_ack_is_stale(op: Ops, migrated_db: str) -> None:
     lease = op.register_worker("q", "w1")
     push(migrated_db, "q", [0])
