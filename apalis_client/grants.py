@@ -8,6 +8,7 @@ as the migrator (the owner of the apalis objects). docs/security.md explains eac
 
 from __future__ import annotations
 
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -35,6 +36,10 @@ def quote_identifier(what: str, name: object) -> str:
         raise InvalidArgument(f"{what} must not be empty")
     if "\x00" in name:
         raise InvalidArgument(f"{what} {name!r} contains a NUL character")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        # Legal inside a quoted identifier, but a newline or tab in a role name is a typo
+        # or an attack on whoever reads the printed script, never a role someone meant.
+        raise InvalidArgument(f"{what} {name!r} contains a control character")
     size = len(name.encode("utf-8"))
     if size > MAX_IDENTIFIER_BYTES:
         raise InvalidArgument(
@@ -60,9 +65,19 @@ def _fill(text: str, role_name: str, database: str | None) -> str:
     return filled
 
 
-def _statements(script: str) -> list[str]:
-    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
+def _template_statements(role: str) -> list[str]:
+    # Split the template, not the filled text: a quoted name may hold ';' or '--'.
+    code = "\n".join(
+        line for line in _template(role).splitlines() if not line.lstrip().startswith("--")
+    )
     return [" ".join(part.split()) + ";" for part in code.split(";") if part.strip()]
+
+
+def _names(**names: str | None) -> dict[str, str]:
+    given = {role: name for role, name in names.items() if name is not None}
+    if not given:
+        raise InvalidArgument("name at least one role: producer, worker, operator or migrator")
+    return given
 
 
 def grants_script(
@@ -74,15 +89,12 @@ def grants_script(
     database: str | None = None,
 ) -> str:
     """The grants for the named roles as one commented SQL script (what the CLI prints)."""
-    names = {"producer": producer, "worker": worker, "operator": operator, "migrator": migrator}
-    if all(v is None for v in names.values()):
-        raise InvalidArgument("name at least one role: producer, worker, operator or migrator")
-    parts = []
-    for role in ROLES:
-        name = names[role]
-        if name is not None:
-            parts.append(_fill(_template(role), name, database).rstrip() + "\n")
-    return "\n".join(parts)
+    names = _names(producer=producer, worker=worker, operator=operator, migrator=migrator)
+    return "\n".join(
+        _fill(_template(role), names[role], database).rstrip() + "\n"
+        for role in ROLES
+        if role in names
+    )
 
 
 def grant_statements(
@@ -94,15 +106,13 @@ def grant_statements(
     database: str | None = None,
 ) -> list[str]:
     """The grants for the named roles, one statement per item, in apply order."""
-    return _statements(
-        grants_script(
-            producer=producer,
-            worker=worker,
-            operator=operator,
-            migrator=migrator,
-            database=database,
-        )
-    )
+    names = _names(producer=producer, worker=worker, operator=operator, migrator=migrator)
+    return [
+        _fill(statement, names[role], database)
+        for role in ROLES
+        if role in names
+        for statement in _template_statements(role)
+    ]
 
 
 def print_grants(

@@ -71,7 +71,7 @@ def test_format_age_is_short_and_readable() -> None:
 # -- help, version, errors -----------------------------------------------------------------
 
 COMMANDS = [
-    "migrate", "verify", "push", "worker", "queues", "tasks", "show", "retry", "kill",
+    "migrate", "verify", "grants", "push", "worker", "queues", "tasks", "show", "retry", "kill",
     "cancel", "workers", "purge", "prune", "wait",
 ]  # fmt: skip
 

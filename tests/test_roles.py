@@ -14,9 +14,11 @@ import pytest
 from conftest import Databases
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from ulid import ULID
 
 import apalis_client
 from apalis_client import IdempotencyConflict, Outcome, Task, TaskId, worker_ops
+from apalis_client.cli import main
 from apalis_client.errors import PermissionDenied, database_errors, translate_error
 from apalis_client.grants import grant_statements
 from apalis_generated import admin
@@ -325,3 +327,148 @@ def test_producer_grant_reads_no_payload(roles: Roles, migrated_db: str) -> None
             (producer, producer, producer),
         ).fetchone()
     assert row == (False, True, False)
+
+
+def test_a_role_name_holding_sql_stays_one_quoted_name(roles: Roles, migrated_db: str) -> None:
+    evil = f'x"; DROP TABLE apalis.jobs; -- {roles.suffix}'
+    with psycopg.connect(roles.server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(evil)))
+    roles.created.append(evil)
+    statements = grant_statements(producer=evil)
+    assert len(statements) == 3
+    _apply(migrated_db, statements)
+    with psycopg.connect(migrated_db) as conn:
+        row = conn.execute(
+            "SELECT to_regclass('apalis.jobs') IS NOT NULL,"
+            " has_table_privilege(%s, 'apalis.jobs', 'INSERT')",
+            (evil,),
+        ).fetchone()
+    assert row == (True, True)
+
+
+# ---- the `apalis-client grants` command ------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["grants", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("producer", 'GRANT INSERT ON apalis.jobs TO "r1";'),
+        ("worker", 'GRANT SELECT, INSERT, UPDATE ON apalis.workers TO "r1";'),
+        (
+            "operator",
+            'GRANT SELECT ON apalis.jobs, apalis.workers, apalis.queue_stats_snapshot TO "r1";',
+        ),
+        ("migrator", 'GRANT CREATE ON DATABASE "app" TO "r1";'),
+    ],
+)
+def test_grants_command_prints_the_roles_statements(
+    capsys: pytest.CaptureFixture[str], role: str, expected: str
+) -> None:
+    code, out, err = _cli(capsys, f"--{role}", "r1", "--database", "app")
+    assert (code, err) == (0, "")
+    body = " ".join(ln for ln in out.splitlines() if not ln.startswith("--"))
+    printed = [" ".join(part.split()) + ";" for part in body.split(";") if part.strip()]
+    assert expected in printed
+    assert printed == grant_statements(**{role: "r1"}, database="app")
+
+
+def test_grants_command_takes_the_migrators_database_from_the_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = _cli(capsys, "--migrator", "owner", "--database-url", "postgresql://h/queue_db")
+    assert code == 0
+    assert 'GRANT CREATE ON DATABASE "queue_db" TO "owner";' in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "name at least one role: producer, worker, operator or migrator"),
+        (("--producer", ""), "role name must not be empty"),
+        (("--worker", "a" * 64), f"role name {'a' * 64!r} is 64 bytes; PostgreSQL names are"),
+        (("--operator", "two\nlines"), "role name 'two\\nlines' contains a control character"),
+        (("--migrator", "m", "--database-url", ""), "the migrator's grant names the database"),
+        (("--migrator", "m", "--database-url", "not a url"), "--database-url is not a"),
+    ],
+)
+def test_grants_command_refuses_bad_input_in_one_line_with_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = _cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"apalis-client grants: error: {message}")
+    assert err.count("\n") == 1
+
+
+def _apply_printed(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> None:
+    code, script, err = _cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(script.encode())  # the script as printed, comments and all
+
+
+def test_printed_producer_grants_push_and_refuse_updates(
+    capsys: pytest.CaptureFixture[str], roles: Roles, migrated_db: str
+) -> None:
+    producer = roles.create("producer")
+    _apply_printed(capsys, migrated_db, "--producer", producer)
+    with psycopg.connect(roles.url(migrated_db, producer), autocommit=True) as conn:
+        apalis_client.push_task_with_conn(conn, QUEUE, Task(args={}, idempotency_key="p"))
+        with pytest.raises(PermissionDenied) as info, database_errors("retry task"):
+            admin.retry_task(conn, id=str(ULID()))
+    _denied(info.value, "UPDATE on table jobs")
+
+
+def test_printed_worker_grants_claim_and_ack_and_refuse_pushes(
+    capsys: pytest.CaptureFixture[str], roles: Roles, migrated_db: str
+) -> None:
+    worker = roles.create("worker")
+    _apply_printed(capsys, migrated_db, "--worker", worker)
+    _seed(migrated_db)
+    with psycopg.connect(roles.url(migrated_db, worker), autocommit=True) as conn:
+        lease = worker_ops.register_worker(conn, QUEUE, "w1")
+        (claimed,) = worker_ops.claim_next(conn, lease, batch=1)
+        worker_ops.ack(conn, lease, claimed, Outcome.success())
+        with pytest.raises(PermissionDenied) as info:
+            apalis_client.push_with_conn(conn, QUEUE, {})
+    _denied(info.value, "INSERT on table jobs")
+
+
+def test_printed_operator_grants_retry_and_refuse_pushes(
+    capsys: pytest.CaptureFixture[str], roles: Roles, migrated_db: str
+) -> None:
+    operator = roles.create("operator")
+    _apply_printed(capsys, migrated_db, "--operator", operator)
+    (task_id,) = _seed(migrated_db)
+    with psycopg.connect(migrated_db, autocommit=True) as owner:
+        owner.execute("UPDATE apalis.jobs SET status = 'Failed' WHERE id = %s", (task_id,))
+    with psycopg.connect(roles.url(migrated_db, operator), autocommit=True) as conn:
+        with database_errors("retry task"):
+            retried = admin.retry_task(conn, id=task_id)
+        assert retried is not None and retried.status == "Pending"
+        with pytest.raises(PermissionDenied) as info:
+            apalis_client.push_with_conn(conn, QUEUE, {})
+    _denied(info.value, "INSERT on table jobs")
+
+
+def test_printed_migrator_grant_migrates_its_database_only(
+    capsys: pytest.CaptureFixture[str], roles: Roles, empty_db: str, databases: Databases
+) -> None:
+    migrator = roles.create("migrator")
+    _apply_printed(capsys, empty_db, "--migrator", migrator, "--database-url", empty_db)
+    with psycopg.connect(roles.url(empty_db, migrator), autocommit=True) as conn:
+        apalis_client.migrate(conn)
+        assert apalis_client.verify_schema(conn).ok
+    other = databases.create()
+    with (
+        psycopg.connect(roles.url(other, migrator), autocommit=True) as conn,
+        pytest.raises(PermissionDenied) as info,
+    ):
+        apalis_client.migrate(conn)
+    _denied(info.value, f"CREATE on database {conninfo_to_dict(other)['dbname']}")

@@ -79,7 +79,7 @@ def connect(url: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.ProgrammingError as exc:  # not a URL nor a key=value string
-        raise Failure(f"--database-url is not a PostgreSQL URL: {exc}", USAGE) from exc
+        raise Failure(f"--database-url is not a PostgreSQL URL: {str(exc).strip()}", USAGE) from exc
     except psycopg.OperationalError as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConnectionFailed("connect", f"cannot connect to {redact(url)}: {detail}") from exc

@@ -1,4 +1,4 @@
-"""``migrate`` and ``verify``: set up the apalis schema and check it against generation 14."""
+"""``migrate``, ``verify`` and ``grants``: set up the apalis schema, check it, print role grants."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 from apalis_client.cli._common import (
     NO,
     OK,
+    USAGE,
+    Failure,
     add_database_url,
     add_json,
     connect,
@@ -72,6 +74,52 @@ def _verify(args: argparse.Namespace) -> int:
     return OK if report.ok else NO
 
 
+def _database_name(args: argparse.Namespace) -> str | None:
+    """--database, else the dbname of --database-url / $DATABASE_URL (parsed, not connected)."""
+    if args.database is not None or args.migrator is None:
+        return str(args.database) if args.database is not None else None
+    if not args.database_url:
+        raise Failure(
+            "the migrator's grant names the database: pass --database NAME "
+            "(or --database-url, whose database is used)",
+            USAGE,
+        )
+    import psycopg
+
+    try:
+        dbname = psycopg.conninfo.conninfo_to_dict(args.database_url).get("dbname")
+    except psycopg.ProgrammingError as exc:
+        raise Failure(f"--database-url is not a PostgreSQL URL: {str(exc).strip()}", USAGE) from exc
+    if not dbname:
+        raise Failure(
+            "the migrator's grant names the database and --database-url names none: "
+            "pass --database NAME",
+            USAGE,
+        )
+    return str(dbname)
+
+
+def _grants(args: argparse.Namespace) -> int:
+    from apalis_client.grants import print_grants
+
+    return print_grants(
+        producer=args.producer,
+        worker=args.worker,
+        operator=args.operator,
+        migrator=args.migrator,
+        database=_database_name(args),
+    )
+
+
+GRANTS_DESCRIPTION = """\
+Print the GRANT statements for the roles named, as SQL to review and apply (nothing is
+run). Apply the migrator's as a superuser or the database owner, run `apalis-client
+migrate` as the migrator, then apply the others as the migrator, e.g.
+  apalis-client grants --migrator apalis_owner --database app | psql app
+  apalis-client grants --producer web --worker jobs --operator ops | psql -U apalis_owner app
+Role names are quoted as identifiers: give them exactly as created."""
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``migrate`` and ``verify``."""
     p = sub.add_parser(
@@ -98,3 +146,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_database_url(p)
     add_json(p)
     p.set_defaults(run=_verify)
+    p = sub.add_parser(
+        "grants",
+        help="print the least-privilege GRANTs for producer, worker, operator, migrator roles",
+        description=GRANTS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for role, does in (
+        ("producer", "pushes tasks"),
+        ("worker", "claims and acknowledges tasks"),
+        ("operator", "runs the read, retry and kill commands"),
+        ("migrator", "owns the apalis schema and runs migrate"),
+    ):
+        p.add_argument(f"--{role}", metavar="ROLE", help=f"the role that {does}")
+    p.add_argument(
+        "--database",
+        metavar="NAME",
+        help="the database the migrator may create the schema in (default: --database-url's)",
+    )
+    add_database_url(p)
+    p.set_defaults(run=_grants)
