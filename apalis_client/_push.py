@@ -22,6 +22,7 @@ from apalis_client import limits
 from apalis_client.codec import Codec, to_json
 from apalis_client.errors import (
     ApalisError,
+    ConnectionFailed,
     DatabaseError,
     DuplicateTaskId,
     IdempotencyConflict,
@@ -240,7 +241,8 @@ def plan_for(status: TransactionStatus, autocommit: bool) -> Plan:
     if status == TransactionStatus.ACTIVE:
         return Plan.SYNC_FIRST
     if status == TransactionStatus.UNKNOWN:
-        raise InvalidArgument("the connection is broken or closed")
+        # Closed by the caller, or lost earlier: a connection problem, nothing was sent.
+        raise ConnectionFailed(OPERATION, "the connection is broken or closed; open a new one")
     if status == TransactionStatus.IDLE:
         return Plan.AUTOCOMMIT if autocommit else Plan.OPENS_TRANSACTION
     return Plan.IN_TRANSACTION

@@ -46,7 +46,7 @@ from apalis_client._push import (
     plan_for,
 )
 from apalis_client.codec import JSON, Codec
-from apalis_client.errors import ApalisError, translate_error
+from apalis_client.errors import ApalisError, cleanup_after, translate_error
 from apalis_client.task import Task, TaskId
 from apalis_generated import push_async as sql
 
@@ -70,14 +70,18 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         else:
             await _push_many_async(conn, batch, plan)
     except psycopg.Error as exc:
-        error = translate_error(OPERATION, exc)
+        # An autocommit INSERT commits as it runs: a connection lost before its reply may
+        # have committed it. In a transaction nothing commits before the caller's COMMIT.
+        error = translate_error(OPERATION, exc, may_have_committed=plan is Plan.AUTOCOMMIT)
         aborted = conn.info.transaction_status == TransactionStatus.INERROR
         if plan is Plan.IN_TRANSACTION and aborted:
             error.args = (f"{error}; {ABORTED}",)
-        await _end_own_async(conn, plan)
+        with cleanup_after(error, "rolling back the push's own transaction"):
+            await _end_own_async(conn, plan)
         raise error from exc
-    except ApalisError:
-        await _end_own_async(conn, plan)
+    except ApalisError as error:
+        with cleanup_after(error, "rolling back the push's own transaction"):
+            await _end_own_async(conn, plan)
         raise
     return batch.ids
 

@@ -65,6 +65,32 @@ def test_a_push_whose_connection_was_terminated_is_connection_failed(
             apalis_client.push_with_conn(conn, "q", {"a": 1})
     assert isinstance(info.value, ConnectionFailed)
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert info.value.outcome_unknown  # an autocommit INSERT may have committed unanswered
+
+
+def test_a_push_that_opened_the_transaction_on_a_terminated_connection_is_connection_failed(
+    flavor: Any, server_url: str, migrated_db: str
+) -> None:
+    # The push opens the caller's transaction and, failing, rolls it back: that rollback
+    # fails on the dead connection too, and must not hide the push's own error.
+    def sync() -> BaseException:
+        with psycopg.connect(migrated_db) as conn:
+            _terminate(server_url, conn)
+            with pytest.raises(apalis_client.ApalisError) as info:
+                apalis_client.push_with_conn(conn, "q", {"a": 1})
+            return info.value
+
+    async def run_async() -> BaseException:
+        async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
+            _terminate(server_url, conn)
+            with pytest.raises(apalis_client.ApalisError) as info:
+                await apalis_client.push_with_conn_async(conn, "q", {"a": 1})
+            return info.value
+
+    error = sync() if flavor.name == "sync" else asyncio.run(run_async())
+    assert isinstance(error, ConnectionFailed)
+    assert not error.outcome_unknown  # nothing commits before the caller's COMMIT
+    assert str(error).startswith("push failed: terminating connection due to administrator")
 
 
 @pytest.mark.parametrize(

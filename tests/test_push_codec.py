@@ -23,7 +23,7 @@ from apalis_client._push import (
     type_check,
 )
 from apalis_client.codec import JSON, to_json
-from apalis_client.errors import DatabaseError, DuplicateTaskId
+from apalis_client.errors import ConnectionFailed, DatabaseError, DuplicateTaskId
 from apalis_generated.models import FindConflictsRow
 
 
@@ -366,7 +366,12 @@ def test_only_a_batch_with_a_key_or_a_chosen_id_may_collide() -> None:
     assert batch_of_tasks("q", [Task(args=1, task_id=str(ULID()))], JSON).may_collide
 
 
-@pytest.mark.parametrize("status", [TransactionStatus.INERROR, TransactionStatus.UNKNOWN])
-def test_plan_refuses_unusable_connections(status: TransactionStatus) -> None:
-    with pytest.raises(InvalidArgument):
-        plan_for(status, False)
+def test_plan_refuses_an_aborted_transaction() -> None:
+    with pytest.raises(InvalidArgument, match="roll it back"):
+        plan_for(TransactionStatus.INERROR, False)
+
+
+def test_plan_calls_a_broken_connection_a_connection_failure() -> None:
+    with pytest.raises(ConnectionFailed, match="broken or closed; open a new one") as info:
+        plan_for(TransactionStatus.UNKNOWN, False)
+    assert not info.value.outcome_unknown
