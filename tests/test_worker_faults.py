@@ -16,6 +16,7 @@ from rust06_worker import RELEASE_MESSAGE, RustWorker
 from ulid import ULID
 from worker_support import (
     CRASH_FLAGS,
+    CREATE_RUNS,
     Background,
     Proxy,
     push,
@@ -225,8 +226,66 @@ def test_a_reconnect_after_terminated_backends_strands_nothing(migrated_db: str)
         wait_for(lambda: statuses(migrated_db, "q") == {"Done": 20}, 20, "every task Done")
     finally:
         bg.finish()
-    assert sorted(set(seen)) == list(range(20))
+    assert sorted(seen) == list(range(20))  # each ran once: nothing stranded, nothing doubled
     assert all(task(migrated_db, i)["lock_by"] == "term-1" for i in ids)
+
+
+def test_backends_terminated_again_and_again_under_worker_processes_run_each_task_once(
+    migrated_db: str, databases: Any
+) -> None:
+    # Runs are recorded in another database, so terminating the queue database's backends
+    # never touches the recorder: every recorded run is a real run of the handler.
+    record_db = databases.create()
+    with psycopg.connect(record_db, autocommit=True) as conn:
+        conn.execute(CREATE_RUNS.encode())
+    n = 400
+    push(migrated_db, "term", [{"n": i} for i in range(n)])
+    dbname = psycopg.conninfo.conninfo_to_dict(migrated_db)["dbname"]
+    flags = ("--concurrency", "2", "--poll-interval", "0.05", "--heartbeat-interval", "1")
+    procs = [
+        spawn_worker(
+            migrated_db,
+            "term",
+            "worker_support:record",
+            *flags,
+            "--orphan-threshold",
+            "60",  # a terminated connection is not a dead worker: no sweep re-runs its tasks
+            record_url=record_db,
+        )
+        for _ in range(2)
+    ]
+    terminated = 0
+    try:
+        # From when both run: a worker that cannot register at start exits (status 4), as
+        # documented, for its supervisor to restart; this test is about running workers.
+        wait_for(
+            lambda: (
+                len(rows(migrated_db, "SELECT 1 FROM apalis.workers WHERE lease_token IS NOT NULL"))
+                == 2
+            ),
+            20,
+            "both workers to register",
+        )
+        time.sleep(0.3)  # past the reconciliation that follows a registration
+        deadline = time.monotonic() + 60
+        while statuses(migrated_db, "term").get("Done", 0) < n:
+            assert time.monotonic() < deadline, statuses(migrated_db, "term")
+            with psycopg.connect(record_db, autocommit=True) as conn:
+                killed = conn.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+                    (dbname,),
+                ).fetchone()
+            terminated += killed[0] if killed else 0
+            time.sleep(0.25)
+    finally:
+        outputs = [stop(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert terminated >= 4, "the workers' connections were hardly ever terminated"
+    assert statuses(migrated_db, "term") == {"Done": n}
+    runs = runs_per_task(record_db)
+    assert sorted(runs) == list(range(n))
+    assert {k: v for k, v in runs.items() if v != 1} == {}, outputs
 
 
 # --- 8. a 30 s outage with a 6 s threshold re-runs nothing a live worker runs ---------------
