@@ -74,7 +74,9 @@ async def migrate_async(
     within ``lock_timeout`` seconds fails with a clear error instead of hanging. Only
     what is absent or different is (re)created: the Rust crate's own function bodies are
     kept, and the Rust 0.6 migration journal is written when it is missing. The
-    connection must not be inside a transaction; its autocommit setting is restored.
+    transaction pins ``search_path`` to ``pg_catalog, pg_temp`` (``SET LOCAL``), so the
+    DDL binds no function or operator another role created, whatever the session's path.
+    The connection must not be inside a transaction; its autocommit setting is restored.
     """
     _check_idle(conn.info.transaction_status, "migrate")
     timeout = _lock_timeout_setting(lock_timeout)
@@ -84,6 +86,8 @@ async def migrate_async(
         await conn.set_autocommit(True)
         try:
             async with conn.transaction():
+                # First: every later statement, the DDL included, resolves in pg_catalog.
+                await catalog_q_async.pin_search_path(conn)
                 await catalog_q_async.set_lock_timeout(conn, timeout=timeout)
                 await catalog_q_async.lock_rust_migrations(conn)
                 await catalog_q_async.lock_schema(conn, key=SCHEMA_LOCK_KEY)

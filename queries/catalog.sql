@@ -4,7 +4,15 @@
 -- name: set_lock_timeout :exec
 -- For the rest of the migrate transaction: how long any lock (the advisory
 -- locks below, the DDL's table locks) may be waited for.
-SELECT set_config('lock_timeout', @timeout::text, true);
+SELECT pg_catalog.set_config('lock_timeout', @timeout::text, true);
+
+-- name: pin_search_path :exec
+-- For the rest of the migrate transaction: names in the DDL resolve in
+-- pg_catalog only (pg_temp last, for relations), whatever the session's
+-- search_path, so no object another role created in public (an exact-type
+-- overload of a built-in) can be bound into a default, constraint, index or
+-- view definition, or run as the migrator.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- name: lock_rust_migrations :exec
 -- The Rust crate 0.6 setup's transaction-scoped lock: every migrator of the

@@ -91,9 +91,98 @@ def _raise_body(label: str) -> sql.Composed:
     )
 
 
+# The expressions the DDL stored (constraints, column defaults, index expressions and
+# predicates, the view's query) as PostgreSQL's node trees: every function, aggregate and
+# operator in them is there as the object it was bound to when the DDL ran. (pg_depend does
+# not record dependencies on built-ins, so it cannot tell.)
+_STORED_EXPRESSIONS = """
+SELECT k.conbin::text FROM pg_catalog.pg_constraint AS k
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = k.connamespace
+ WHERE n.nspname = ANY (%(schemas)s) AND k.conbin IS NOT NULL
+UNION ALL
+SELECT a.adbin::text FROM pg_catalog.pg_attrdef AS a
+  JOIN pg_catalog.pg_class AS c ON c.oid = a.adrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s)
+UNION ALL
+SELECT pg_catalog.concat(i.indexprs::text, ' ', i.indpred::text) FROM pg_catalog.pg_index AS i
+  JOIN pg_catalog.pg_class AS c ON c.oid = i.indrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s)
+UNION ALL
+SELECT r.ev_action::text FROM pg_catalog.pg_rewrite AS r
+  JOIN pg_catalog.pg_class AS c ON c.oid = r.ev_class
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s)
+"""
+_BOUND_OBJECTS = """
+SELECT CASE WHEN p.prokind = 'a' THEN 'aggregate' ELSE 'function' END, n.nspname::text,
+       p.proname::text, p.proargtypes::pg_catalog.oid[]::int8[], p.prorettype::int8,
+       p.proretset, p.prokind::text
+  FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+ WHERE p.oid = ANY (%(functions)s::pg_catalog.oid[])
+UNION ALL
+SELECT 'operator', n.nspname::text, o.oprname::text, ARRAY[o.oprleft, o.oprright]::int8[],
+       o.oprresult::int8, false, 'o'
+  FROM pg_catalog.pg_operator AS o JOIN pg_catalog.pg_namespace AS n ON n.oid = o.oprnamespace
+ WHERE o.oid = ANY (%(operators)s::pg_catalog.oid[])
+"""
+_FUNCTION_REF = re.compile(r":(?:funcid|aggfnoid|winfnoid) (\d+)")
+_OPERATOR_REF = re.compile(r":opno (\d+)")
+APALIS_SCHEMAS = ["apalis", "apalis_diesel_postgres"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A function or operator an apalis object was bound to when the DDL ran."""
+
+    kind: str
+    schema: str
+    name: str
+    args: tuple[int, ...]
+    result: int
+    returns_set: bool
+    prokind: str
+
+
+def schema_dependencies(conn: psycopg.Connection[Any]) -> list[Bound]:
+    """Every function, aggregate and operator the stored apalis expressions are bound to."""
+    trees = [
+        str(r[0])
+        for r in conn.execute(_STORED_EXPRESSIONS, {"schemas": APALIS_SCHEMAS}).fetchall()
+        if r[0]
+    ]
+    functions = sorted({int(m) for t in trees for m in _FUNCTION_REF.findall(t)})
+    operators = sorted({int(m) for t in trees for m in _OPERATOR_REF.findall(t)})
+    rows = conn.execute(_BOUND_OBJECTS, {"functions": functions, "operators": operators})
+    return [
+        Bound(kind, schema, name, tuple(a for a in args if a), result, retset, prokind)
+        for kind, schema, name, args, result, retset, prokind in rows.fetchall()
+    ]
+
+
+def ddl_signatures(bound: Iterable[Bound]) -> list[Signature]:
+    """Exact-type overloads of what the DDL binds from pg_catalog (window functions aside)."""
+    return [
+        Signature(b.kind, b.name, b.args, b.result, b.returns_set, ())
+        for b in bound
+        if b.schema == "pg_catalog" and b.prokind != "w"
+    ]
+
+
 def plant(conn: psycopg.Connection[Any], calls: Iterable[trust.Call]) -> list[str]:
     """Create the overloads in ``public``; returns what was planted (``kind name(types)``)."""
-    sigs = signatures(calls)
+    return plant_signatures(conn, signatures(calls))
+
+
+def plant_signatures(conn: psycopg.Connection[Any], wanted: Iterable[Signature]) -> list[str]:
+    """Create these overloads in ``public`` (each kind, name and argument types once)."""
+    seen: set[tuple[str, str, tuple[int, ...]]] = set()
+    sigs = []
+    for s in wanted:
+        if (s.kind, s.name, s.args) not in seen:
+            seen.add((s.kind, s.name, s.args))
+            sigs.append(s)
     types = _type_names(conn, [t for s in sigs for t in (*s.args, s.result) if t])
     planted: list[str] = []
     for n, s in enumerate(sigs):

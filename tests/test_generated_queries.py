@@ -82,6 +82,17 @@ class Gen:
         fn = getattr(importlib.import_module(f"apalis_generated.{module}_async"), name)
         return self._run(fn(self._async, **params))
 
+    def scalar(self, statement: str) -> Any:
+        """One value of a plain statement on this connection (inside its transaction)."""
+        if self._sync is not None:
+            row = self._sync.execute(statement.encode()).fetchone()
+        else:
+            assert self._async is not None
+            cur = self._run(self._async.execute(statement.encode()))
+            row = self._run(cur.fetchone())
+        assert row is not None
+        return row[0]
+
     def rollback(self) -> None:
         if self._sync is not None:
             self._sync.rollback()
@@ -1625,6 +1636,15 @@ def test_migration_locks_are_held_until_the_transaction_ends(
         assert others_get_them() == (False, False)
         g.rollback()
         assert others_get_them() == (True, True)
+
+
+def test_pin_search_path_lasts_until_the_transaction_ends(flavor: Flavor, migrated_db: str) -> None:
+    with Gen(flavor, migrated_db, autocommit=False) as g:
+        before = g.scalar("SHOW search_path")
+        assert g("catalog", "pin_search_path") is None
+        assert g.scalar("SHOW search_path") == "pg_catalog, pg_temp"
+        g.rollback()
+        assert g.scalar("SHOW search_path") == before != "pg_catalog, pg_temp"
 
 
 def test_rust_journal_present_and_versions(flavor: Flavor, migrated_db: str) -> None:
