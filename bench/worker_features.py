@@ -1,11 +1,14 @@
 """Worker features bench: observers + metrics against a plain Worker, and NOTIFY wake-up p50
 through PgBouncer (claims pooled, LISTEN direct) against a direct worker. Paired run by run.
 
-Usage: .venv/bin/python bench/worker_features.py --database-url URL [--pooled-url URL]
-       [--tasks 5000] [--repeat 5] [--wakeups 50]
+Usage: .venv/bin/python bench/worker_features.py --database-url URL
+       [--pooled-url URL | --pgbouncer] [--only throughput|wakeup] [--tasks 5000] [--repeat 5]
+       [--wakeups 50] [--markdown PATH]
 
 URL is a migrated database (``apalis-client migrate``); ``--pooled-url`` the same database
-through PgBouncer in transaction mode (without it the wake-up case is skipped). Each round runs
+through PgBouncer in transaction mode, or ``--pgbouncer`` to start one (Debian's package, as
+the test fixture does, pool of 4) in front of URL's server for the run (without either the
+wake-up case is skipped). ``--markdown`` also writes the table there. Each round runs
 both setups of a case back to back, order alternating, on fresh queue names; the table gives
 the median and range of each and of the ratio taken round by round. Targets (issue 16/12):
 observers+metrics >= 0.95x plain throughput; pooled wake-up p50 <= 2x direct.
@@ -14,11 +17,15 @@ observers+metrics >= 0.95x plain throughput; pooled wake-up p50 <= 2x direct.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -101,57 +108,100 @@ def paired(
 
 def row(name: str, values: list[float], unit: str) -> str:
     return (
-        f"{name:<44} {statistics.median(values):>10.3f} "
-        f"{min(values):>10.3f} {max(values):>10.3f}  {unit}"
+        f"| {name} | {statistics.median(values):.3f} | "
+        f"{min(values):.3f}–{max(values):.3f} | {unit} | {len(values)} |"
     )
+
+
+@contextlib.contextmanager
+def pooled_url(args: argparse.Namespace) -> Iterator[str | None]:
+    """--pooled-url as given, or the URL of a PgBouncer started for the run (--pgbouncer)."""
+    if not args.pgbouncer:
+        yield args.pooled_url
+        return
+    # The test suite's fixture code, so the bench's pooler is configured as the tests' is.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from pgbouncer_support import start_pgbouncer
+
+    with start_pgbouncer(args.database_url) as bouncer:
+        yield bouncer.url(args.database_url)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--database-url", required=True)
     p.add_argument("--pooled-url", default=None)
+    p.add_argument("--pgbouncer", action="store_true", help="start a PgBouncer for the run")
+    p.add_argument("--only", choices=("throughput", "wakeup"), default=None)
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--wakeups", type=int, default=50)
+    p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args()
     url = args.database_url
-    print(f"{'case':<44} {'median':>10} {'min':>10} {'max':>10}")
-    plain, observed = paired(
-        args.repeat,
-        lambda: throughput(url, args.tasks),
-        lambda: throughput(url, args.tasks, observers=[StatsObserver()], metrics_port=0),
-    )
-    print(row("plain Worker", plain, "tasks/s"))
-    print(row("observers + metrics", observed, "tasks/s"))
-    print(
-        row(
-            "ratio observed/plain (target >= 0.95)",
-            [o / q for o, q in zip(observed, plain, strict=True)],
-            "x",
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"{started}; `{' '.join(['bench/worker_features.py', *sys.argv[1:]])}`; "
+        f"{args.repeat} paired runs (median, min–max; order alternating run by run).",
+        "",
+        "| case | median | range | unit | runs |",
+        "|---|---:|---:|---|---:|",
+    ]
+
+    def show(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    for line in lines:
+        print(line)
+    if args.only in (None, "throughput"):
+        plain, observed = paired(
+            args.repeat,
+            lambda: throughput(url, args.tasks),
+            lambda: throughput(url, args.tasks, observers=[StatsObserver()], metrics_port=0),
         )
-    )
-    if args.pooled_url is None:
-        print("wake-up through PgBouncer: skipped (no --pooled-url)")
-        return
-    direct, pooled = paired(
-        args.repeat,
-        lambda: wakeup_p50(url, args.wakeups),
-        lambda: wakeup_p50(
-            args.pooled_url,
-            args.wakeups,
-            connect_kwargs={"prepare_threshold": None},
-            listen_conninfo=url,
-        ),
-    )
-    print(row("wake-up p50, direct worker", [d * 1000 for d in direct], "ms"))
-    print(row("wake-up p50, pooled + direct LISTEN", [x * 1000 for x in pooled], "ms"))
-    print(
-        row(
-            "ratio pooled/direct (target <= 2)",
-            [x / d for x, d in zip(pooled, direct, strict=True)],
-            "x",
+        show(row("plain Worker", plain, "tasks/s"))
+        show(row("observers + metrics", observed, "tasks/s"))
+        show(
+            row(
+                "ratio observed/plain (target >= 0.95)",
+                [o / q for o, q in zip(observed, plain, strict=True)],
+                "x",
+            )
         )
-    )
+    if args.only in (None, "wakeup"):
+        with pooled_url(args) as pooled_at:
+            if pooled_at is None:
+                show("wake-up through PgBouncer: skipped (no --pooled-url or --pgbouncer)")
+            else:
+                direct, pooled = paired(
+                    args.repeat,
+                    lambda: wakeup_p50(url, args.wakeups),
+                    lambda: wakeup_p50(
+                        pooled_at,
+                        args.wakeups,
+                        connect_kwargs={"prepare_threshold": None},
+                        listen_conninfo=url,
+                    ),
+                )
+                show(row("wake-up p50, direct worker", [d * 1000 for d in direct], "ms"))
+                show(
+                    row(
+                        "wake-up p50, claims through PgBouncer + direct LISTEN",
+                        [x * 1000 for x in pooled],
+                        "ms",
+                    )
+                )
+                show(
+                    row(
+                        "ratio pooled/direct (target <= 2)",
+                        [x / d for x, d in zip(pooled, direct, strict=True)],
+                        "x",
+                    )
+                )
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as out:
+            out.write("# Worker features bench\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
