@@ -85,6 +85,44 @@ def test_warn_mode_reports_the_call_and_still_generates(
     assert "warning: " in capsys.readouterr().err
 
 
+def test_trust_option_refuses_even_where_the_environment_says_warn(
+    tmp_path: Path,
+    server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(trust.MODE_VARIABLE, "warn")
+    args = [*_case(tmp_path, "unqualified.sql"), "--database-url", server_url, "--trust", "error"]
+    assert codegen_main(args) == 2
+    assert "unqualified.sql:5: query 'item_names' calls aggregate" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "capture_case").exists()
+
+
+def test_users_sql_is_reported_not_refused_by_default(
+    tmp_path: Path,
+    server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv(trust.MODE_VARIABLE, raising=False)
+    assert codegen_main([*_case(tmp_path, "unqualified.sql"), "--database-url", server_url]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "unqualified.sql:5:" in err
+    assert (tmp_path / "out" / "capture_case" / "unqualified.py").exists()
+
+
+def test_trust_off_neither_reports_nor_refuses(
+    tmp_path: Path,
+    server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(trust.MODE_VARIABLE, "error")
+    args = [*_case(tmp_path, "unqualified.sql"), "--database-url", server_url, "--trust", "off"]
+    assert codegen_main(args) == 0
+    assert "unqualified.sql" not in capsys.readouterr().err
+
+
 @pytest.fixture
 def shop_conn(empty_db: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(empty_db, autocommit=True) as conn:

@@ -128,9 +128,16 @@ SELECT attrelid::int8, attname::text, atttypid::int8, attnum::int8, attnotnull
 
 
 def describe(
-    conn: psycopg.Connection[Any], statements: Sequence[Statement], display: dict[Path, str]
+    conn: psycopg.Connection[Any],
+    statements: Sequence[Statement],
+    display: dict[Path, str],
+    trust_mode: str | None = None,
 ) -> Catalog:
-    """Describe each statement through libpq's prepare/describe; read the catalog it needs."""
+    """Describe each statement through libpq's prepare/describe; read the catalog it needs.
+
+    ``trust_mode`` is what a capturable call does (``error``, ``warn``, ``off``); ``None``
+    takes it from the environment (:func:`apalis_codegen.trust.mode`).
+    """
     types = {
         row[0]: PgType(
             row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], tuple(row[8])
@@ -165,7 +172,8 @@ def describe(
         if desc.status != pq.ExecStatus.COMMAND_OK:
             raise QueryFileError(_located_error(st, numbered, desc, display))
         params = tuple(desc.param_type(i) for i in range(desc.nparams))
-        trust.vet(conn, st, display)  # capturable unqualified calls: refused or reported
+        # Capturable unqualified calls: refused or reported, as trust_mode says.
+        trust.vet(conn, st, display, trust_mode)
         columns = []
         for i in range(desc.nfields):
             name = (desc.fname(i) or b"?").decode()

@@ -50,6 +50,7 @@ class Options:
     overrides: dict[str, str] = field(default_factory=dict)
     prog: str = PROG
     sqlc: Path | None = None
+    trust: str | None = None  # what a capturable call does; None: $APALIS_CODEGEN_TRUST
 
     @property
     def package_dir(self) -> Path:
@@ -201,7 +202,7 @@ def describe_all(
             psycopg.connect(url, autocommit=True) as conn,
         ):
             apply_schema(conn, files, root)
-            return describe(conn, statements, display)
+            return describe(conn, statements, display, options.trust)
     except psycopg.OperationalError as exc:
         where = "--database-url" if options.database_url else "the server found"
         raise QueryFileError(f"cannot use {where}: {str(exc).strip()}") from exc
@@ -354,6 +355,14 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="jinja2 template folder (default: the generator's own)",
     )
     p.add_argument(
+        "--trust",
+        choices=("error", "warn", "off"),
+        default=None,
+        help="what an unqualified call that an object in another schema could capture does: "
+        "error (refuse, naming file:line), warn (report and generate) or off (default: "
+        "$APALIS_CODEGEN_TRUST, else warn)",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="exit 1 if the generated code is stale (offline hash check; with --database-url "
@@ -376,6 +385,7 @@ def jobs(args: argparse.Namespace, prog: str) -> list[Options]:
                 args.templates,
                 overrides,
                 prog,
+                trust=args.trust,
             )
         ]
     from apalis_codegen import sqlc
@@ -396,6 +406,7 @@ def jobs(args: argparse.Namespace, prog: str) -> list[Options]:
             {**pkg.overrides, **overrides},
             prog,
             args.sqlc,
+            trust=args.trust,
         )
         for pkg in config.packages
     ]
