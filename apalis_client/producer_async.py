@@ -61,8 +61,12 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         return []
     plan = plan_for(conn.info.transaction_status, conn.autocommit)
     if plan is Plan.SYNC_FIRST:
-        async with conn.pipeline() as pipeline:
-            await pipeline.sync()
+        # The caller's queued statements reach the server here; nothing of the push has yet.
+        try:
+            async with conn.pipeline() as pipeline:
+                await pipeline.sync()
+        except psycopg.Error as exc:
+            raise translate_error(OPERATION, exc) from exc
         plan = plan_for(conn.info.transaction_status, conn.autocommit)
     try:
         if len(batch.ids) == 1 and conn.pgconn.pipeline_status == PipelineStatus.OFF:

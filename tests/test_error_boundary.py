@@ -93,6 +93,24 @@ def test_a_push_that_opened_the_transaction_on_a_terminated_connection_is_connec
     assert str(error).startswith("push failed: terminating connection due to administrator")
 
 
+def test_a_push_in_the_callers_pipeline_on_a_terminated_connection_is_connection_failed(
+    server_url: str, migrated_db: str
+) -> None:
+    # The push first syncs the caller's queued statements: that is where the loss shows.
+    with (
+        psycopg.connect(migrated_db, autocommit=True) as conn,
+        pytest.raises(psycopg.OperationalError),  # the caller's own pipeline exit
+        conn.pipeline(),
+    ):
+        conn.execute("SELECT 1")
+        _terminate(server_url, conn)
+        with pytest.raises(apalis_client.ApalisError) as info:
+            apalis_client.push_with_conn(conn, "q", {"a": 1})
+    assert isinstance(info.value, ConnectionFailed)
+    assert not info.value.outcome_unknown  # the push's INSERT was never sent
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
 @pytest.mark.parametrize(
     ("error", "state"),
     [
