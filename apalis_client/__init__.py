@@ -25,14 +25,8 @@ if TYPE_CHECKING:
         StaleAcknowledgement,
         WorkerNotRegistered,
     )
-    from apalis_client.migrate import (
-        MigrationReport,
-        SchemaReport,
-        migrate,
-        migrate_async,
-        verify_schema,
-        verify_schema_async,
-    )
+    from apalis_client.migrate import MigrationReport, SchemaReport, migrate, verify_schema
+    from apalis_client.migrate_async import migrate_async, verify_schema_async
     from apalis_client.producer import push_many_with_conn, push_task_with_conn, push_with_conn
     from apalis_client.producer_async import (
         push_many_with_conn_async,
@@ -71,9 +65,9 @@ _EXPORTS: dict[str, str] = {
     "MigrationReport": "apalis_client.migrate",
     "SchemaReport": "apalis_client.migrate",
     "migrate": "apalis_client.migrate",
-    "migrate_async": "apalis_client.migrate",
+    "migrate_async": "apalis_client.migrate_async",
     "verify_schema": "apalis_client.migrate",
-    "verify_schema_async": "apalis_client.migrate",
+    "verify_schema_async": "apalis_client.migrate_async",
     "push_many_with_conn": "apalis_client.producer",
     "push_many_with_conn_async": "apalis_client.producer_async",
     "push_task_with_conn": "apalis_client.producer",

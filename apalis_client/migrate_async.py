@@ -1,9 +1,10 @@
-"""Apply schema/ migrations and reconcile drift, or verify the shape, on a psycopg connection.
+"""Apply schema/ migrations, reconcile drifted objects, and verify the generation-14 shape.
 
-Import them from :mod:`apalis_client.migrate` (or :mod:`apalis_client`).
+In two forms: the sync module is written by codegen's unasync from the ``*_async`` one. The
+checks and plans they share, I/O-free, are in ``migrate_logic``.
 """
 
-# unasync: the source of migrate_sync.py, which `python -m codegen` writes from it.
+# unasync: public
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 from apalis_client.migrate_logic import (
     DEFAULT_LOCK_TIMEOUT,
     SCHEMA_LOCK_KEY,
+    MigrationFile,
     MigrationReport,
     Row,
     SchemaReport,
@@ -32,6 +34,14 @@ from apalis_client.migrate_logic import (
     schema_problems,
 )
 from apalis_generated import catalog_async as catalog_q_async
+
+__all__ = [
+    "MigrationFile",
+    "MigrationReport",
+    "SchemaReport",
+    "migrate_async",
+    "verify_schema_async",
+]
 
 
 async def _read_catalog_async(conn: psycopg.AsyncConnection[Any]) -> dict[str, list[Row]]:

@@ -1,6 +1,6 @@
 """The I/O-free half of migrate and verify_schema: migration files, expected shape, drift.
 
-Shared by ``migrate_async`` and the ``migrate_sync`` generated from it.
+Shared by ``migrate_async`` and the sync ``migrate`` module generated from it.
 """
 
 from __future__ import annotations
