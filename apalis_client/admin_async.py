@@ -1,9 +1,24 @@
-"""Admin operations on a psycopg connection: shells over ``admin_logic``'s helpers.
+"""Operate a queue: stats, look-ups, retry and kill, retention, workers, waiting for results.
 
-Import them from :mod:`apalis_client.admin`.
+In two forms: the sync module is written by codegen's unasync from the ``*_async`` one; the
+argument checks and results they share, I/O-free, are in ``admin_logic``. Statuses are
+matched case-insensitively and task ids are accepted in any case. Look-ups, retry and kill
+run in the caller's transaction (never committed here); ``purge``, ``vacuum`` and
+``prune_workers`` commit each batch on their own and so refuse a connection inside a
+transaction.
+
+Retention, as the Rust crate does it: ``purge`` deletes a queue's finished tasks (Done,
+Killed, Failed out of attempts) older than a window fixed at the start, 10,000 rows per
+transaction with ``SKIP LOCKED``; ``vacuum`` is a purge with a zero window;
+``prune_workers`` deletes worker rows stale for at least the orphan threshold that no task
+names. ``wait_for`` polls until tasks finish (100 ms doubling to 2 s); in the sync form::
+
+    task_id = push_task_with_conn(conn, "emails", Task({"to": "a@example.com"}))
+    state = wait_for(conn, task_id, timeout=60)[task_id]
+    print(state.status, state.last_result)
 """
 
-# unasync: the source of admin_sync.py, which `python -m codegen` writes from it.
+# unasync: public
 
 from __future__ import annotations
 
@@ -21,6 +36,7 @@ from apalis_client.admin_logic import (
     PRUNE_BATCH,
     PURGE_BATCH,
     RETRYABLE,
+    STATUSES,
     PurgeReport,
     TaskState,
     WaitState,
@@ -39,6 +55,38 @@ from apalis_generated import admin_async as admin_q_async
 from apalis_generated import cancel_async as cancel_q_async
 from apalis_generated import retention_async, wait_async, workers_async
 from apalis_generated.models import Job, ListWorkersRow, QueueStatsRow
+
+__all__ = [
+    "KILLABLE",
+    "PRUNE_BATCH",
+    "PURGE_BATCH",
+    "RETRYABLE",
+    "STATUSES",
+    "Job",
+    "ListWorkersRow",
+    "PurgeReport",
+    "QueueStatsRow",
+    "TaskNotFound",
+    "TaskState",
+    "TaskStateConflict",
+    "WaitTimeout",
+    "cancel_async",
+    "canonical_status",
+    "check_status_async",
+    "find_task_async",
+    "kill_task_async",
+    "kill_tasks_async",
+    "list_tasks_async",
+    "list_workers_async",
+    "operator_kills_async",
+    "prune_workers_async",
+    "purge_async",
+    "queue_stats_async",
+    "retry_task_async",
+    "retry_tasks_async",
+    "vacuum_async",
+    "wait_for_async",
+]
 
 
 async def queue_stats_async(conn: psycopg.AsyncConnection[Any]) -> list[QueueStatsRow]:

@@ -17,7 +17,7 @@ import pytest
 from ulid import ULID
 from worker_support import REPO, Background, push, rows, statuses, task, wait_for
 
-from apalis_client import admin
+from apalis_client import admin, admin_async
 from apalis_client import worker_ops as ops
 from apalis_client.admin_logic import EPOCH
 from apalis_client.config import WorkerConfig
@@ -34,7 +34,7 @@ FAST = WorkerConfig(poll_interval=0.05, max_poll_interval=0.2, listen=False)
 
 
 class Admin:
-    """Calls ``admin.<name>`` (sync) or ``admin.<name>_async`` with the same test code."""
+    """Calls ``admin.<name>`` (sync) or ``admin_async.<name>_async`` with the same test code."""
 
     def __init__(self, flavor: str, url: str) -> None:
         self.flavor = flavor
@@ -48,7 +48,7 @@ class Admin:
 
             async def go() -> Any:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as c:
-                    return await getattr(admin, f"{name}_async")(c, *args, **kwargs)
+                    return await getattr(admin_async, f"{name}_async")(c, *args, **kwargs)
 
             return asyncio.run(go())
 
