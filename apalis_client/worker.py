@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from apalis_client import limits
-from apalis_client import worker_ops as ops
+from apalis_client import worker_ops_async as ops
 from apalis_client._retention import log_operator_kills, retention_loop
 from apalis_client.cancellation import CANCEL_CHANNEL, CANCEL_MESSAGE, parse_cancel_payload
 from apalis_client.config import Config, WorkerConfig

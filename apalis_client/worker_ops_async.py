@@ -1,9 +1,27 @@
-"""Worker operations on a psycopg connection: shells over ``worker_ops_logic``'s helpers.
+"""Low-level worker operations: register, claim, lock, ack, heartbeat, sweep, reconcile, release.
 
-Import them from :mod:`apalis_client.worker_ops`.
+In two forms: the sync module is written by codegen's unasync from the ``*_async`` one; both
+are thin shells over the I/O-free helpers of ``worker_ops_logic``, and the SQL is the
+generated query layer's (``apalis_generated``). They never commit or close the connection
+they are given: ``register_worker`` opens a transaction block, which is a savepoint when the
+caller is already inside a transaction.
+
+A user can build a custom loop from these; in the sync form::
+
+    lease = register_worker(conn, "emails", "mailer-1")
+    for task in claim_next(conn, lease, batch=10):
+        ack(conn, lease, task, Outcome.success({"sent": True}))
+    release_worker(conn, lease)
+
+``ack`` checks the lease like every other operation; ``ack(conn, UNFENCED, task, outcome)``
+is the one way to acknowledge without it, spelled out (see docs/security.md).
+
+``register_untokened`` registers an id without a lease token (admin tools, legacy
+``apalis.get_jobs`` clients); ``reconcile_worker`` hands back the claims in the worker's
+name it is not running (after a reconnect or a restart under the same id).
 """
 
-# unasync: the source of worker_ops_sync.py, which `python -m codegen` writes from it.
+# unasync: public
 
 from __future__ import annotations
 
@@ -20,6 +38,7 @@ from apalis_client.worker_ops_logic import (
     _ACK_ROWS,
     _JOB_ROWS,
     LAYERS,
+    UNFENCED,
     AckReport,
     Lease,
     OrphanReport,
@@ -46,6 +65,32 @@ from apalis_client.worker_ops_logic import (
 from apalis_generated import ack_async as ack_q_async
 from apalis_generated import cancel_async, keep_alive_async, lock_async, reenqueue_async
 from apalis_generated.models import Job
+
+__all__ = [
+    "LAYERS",
+    "UNFENCED",
+    "AckReport",
+    "Job",
+    "Lease",
+    "OrphanReport",
+    "Outcome",
+    "Unfenced",
+    "ack_and_claim_async",
+    "ack_async",
+    "ack_many_async",
+    "claim_by_ids_async",
+    "claim_next_async",
+    "deregister_worker_async",
+    "heartbeat_async",
+    "lock_task_async",
+    "lost_claims_async",
+    "notify_probe_async",
+    "reconcile_worker_async",
+    "reenqueue_orphans_async",
+    "register_untokened_async",
+    "register_worker_async",
+    "release_worker_async",
+]
 
 
 async def register_worker_async(

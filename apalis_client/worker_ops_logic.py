@@ -1,6 +1,6 @@
 """The I/O-free half of the worker operations: leases, reports, parameters, result checks.
 
-Shared by ``worker_ops_async`` and the ``worker_ops_sync`` generated from it.
+Shared by ``worker_ops_async`` and the sync ``worker_ops`` module generated from it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from test_worker_ops import Ops, make_silent
 from worker_support import push, rows, statuses, task
 
 from apalis_client import worker_ops as ops
+from apalis_client import worker_ops_async as ops_async
 from apalis_client.errors import AlreadyRegistered, StaleAcknowledgement, WorkerNotRegistered
 from apalis_client.worker_logic import Outcome
 
@@ -272,9 +273,9 @@ def test_claims_use_the_statement_clock_and_acks_the_wall_clock(
     async def inside_async(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
         started = await (await conn.execute("SELECT now()")).fetchone()
         await conn.execute("SELECT pg_sleep(1.2)")
-        (job,) = await ops.claim_next_async(conn, lease, batch=1)
+        (job,) = await ops_async.claim_next_async(conn, lease, batch=1)
         await conn.execute("SELECT pg_sleep(0.3)")
-        await ops.ack_async(conn, lease, job, Outcome.success(1))
+        await ops_async.ack_async(conn, lease, job, Outcome.success(1))
         assert started is not None
         return started[0], job
 

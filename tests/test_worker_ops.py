@@ -11,6 +11,7 @@ from conftest import Flavor
 from worker_support import push, rows, task
 
 from apalis_client import worker_ops as ops
+from apalis_client import worker_ops_async as ops_async
 from apalis_client.errors import (
     AlreadyRegistered,
     DatabaseError,
@@ -23,7 +24,7 @@ from apalis_client.worker_ops import Lease
 
 
 class Ops:
-    """Calls ``worker_ops.<name>`` or ``<name>_async`` on a fresh connection."""
+    """Calls ``worker_ops.<name>`` or ``worker_ops_async.<name>_async`` on a fresh connection."""
 
     def __init__(self, flavor: Flavor, url: str) -> None:
         self.sync = flavor.name == "sync"
@@ -37,7 +38,7 @@ class Ops:
 
             async def go() -> Any:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as c:
-                    return await getattr(ops, f"{name}_async")(c, *args, **kwargs)
+                    return await getattr(ops_async, f"{name}_async")(c, *args, **kwargs)
 
             return asyncio.run(go())
 
@@ -109,7 +110,7 @@ def test_register_inside_a_caller_transaction_leaves_commit_to_the_caller(
 
         async def go() -> None:
             async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
-                await ops.register_worker_async(conn, "q", "w1")
+                await ops_async.register_worker_async(conn, "q", "w1")
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
                 await conn.rollback()
 

@@ -5,8 +5,8 @@ two cannot drift. The rewrite works on tokens: ``async def``/``with``/``for`` lo
 ``async``, ``await`` goes, a name ending in ``_async`` loses the suffix, and psycopg's
 ``Async*`` classes become their sync counterparts. Comments and docstrings get the same name
 rewrites; a comment line starting ``# unasync:`` is dropped (it speaks of the async source
-only). The result is put through ``ruff format`` and ``ruff check --fix`` (import order), so
-it reads as if written by hand.
+only). The result is put through ``ruff format`` and ``ruff check --fix`` (import order,
+``__all__`` order), so it reads as if written by hand.
 
 Where the twin goes: a source carrying the line ``# unasync: public`` has its twin written at
 the public module name, ``x_async.py`` -> ``x.py`` (psycopg's own layout: the sync module is
@@ -148,7 +148,9 @@ def to_sync(source: str, source_path: Path, target_path: Path, shown: str) -> st
         f"# source-sha256: {source_hash(source)}\n"
     )
     text = header + body
-    text = _ruff(text, target_path, "check", "--fix", "--select", "I,F401", "--quiet")
+    # Renaming can unsort a sorted ``__all__`` (``ack_and_claim_async`` < ``ack_async``, but
+    # ``ack`` < ``ack_and_claim``): RUF022 sorts it again.
+    text = _ruff(text, target_path, "check", "--fix", "--select", "I,F401,RUF022", "--quiet")
     return _ruff(text, target_path, "format", "--quiet")
 
 
