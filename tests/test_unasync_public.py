@@ -70,9 +70,22 @@ def test_switching_a_module_to_the_public_name_moves_its_twin(pkg: Path) -> None
     assert unasync.check(pkg) == []
 
 
-def test_the_client_producer_and_storage_are_their_public_twins(in_repo: None) -> None:
+def test_renaming_resorts_a_twins_dunder_all(tmp_path: Path, in_repo: None) -> None:
+    source = (
+        '"""Widgets."""\n\n__all__ = ["ack_and_claim_async", "ack_async"]\n\n\n'
+        "async def ack_async() -> None:\n"
+        '    """Ack."""\n\n\n'
+        "async def ack_and_claim_async() -> None:\n"
+        '    """Ack and claim."""\n'
+    )
+    twin = unasync.to_sync(source, tmp_path / "w_async.py", tmp_path / "w.py", "w_async.py")
+    assert '__all__ = ["ack", "ack_and_claim"]' in twin
+
+
+def test_the_client_modules_are_their_public_twins(in_repo: None) -> None:
     client = Path("apalis_client")
+    public = {"producer", "storage", "migrate", "admin", "worker_ops"}
     targets = {unasync.target_for(src).name for src in unasync.sources(client)}
-    assert {"producer.py", "storage.py"} <= targets  # the real modules, no facade
-    assert not (client / "producer_sync.py").exists() and not (client / "storage_sync.py").exists()
+    assert {f"{name}.py" for name in public} <= targets  # the real modules, no facade
+    assert not any((client / f"{name}_sync.py").exists() for name in public)
     assert unasync.check(client) == []
