@@ -1,6 +1,6 @@
 """This repository's generator run: ``python -m codegen [--check]``.
 
-The generator itself (``apalis-codegen``), plus a repository-only step: the ``*_sync.py``
+The generator itself (``apalis-codegen``), plus a repository-only step: the sync
 twins of ``apalis_client``'s hand-written ``*_async.py`` modules.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from apalis_codegen.main import main
 from apalis_codegen.trust import MODE_VARIABLE
 
-# The package whose hand-written *_async.py modules get generated *_sync.py twins.
+# The package whose hand-written *_async.py modules get generated sync twins (x.py or x_sync.py).
 CLIENT = Path("apalis_client")
 
 
@@ -25,7 +25,7 @@ def sync_twins(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace, bool
         "--client",
         type=Path,
         default=CLIENT,
-        help="package whose *_async.py modules get a generated *_sync.py twin",
+        help="package whose *_async.py modules get a generated sync twin (x.py or x_sync.py)",
     )
 
     def step(args: argparse.Namespace, check: bool) -> list[str]:
