@@ -14,7 +14,7 @@ import asyncio
 import bisect
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -208,9 +208,15 @@ async def refresh_queue_depth_async(
 
 
 async def queue_depth_loop(
-    conninfo: str, queues: Sequence[str], gauges: QueueDepthGauges, *, interval: float = 15.0
+    conninfo: str,
+    queues: Sequence[str],
+    gauges: QueueDepthGauges,
+    *,
+    interval: float = 15.0,
+    connect_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Refresh the gauges every ``interval`` seconds until cancelled (a background service).
+    """Refresh the gauges every ``interval`` seconds until cancelled (a background service;
+    its own connection, opened with ``connect_kwargs``).
 
     A failed refresh is logged and the connection made again at the next turn.
     """
@@ -222,7 +228,9 @@ async def queue_depth_loop(
             try:
                 if conn is None or conn.closed or conn.broken:
                     with database_errors("connect for queue depth"):
-                        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                        conn = await psycopg.AsyncConnection.connect(
+                            conninfo, autocommit=True, **(connect_kwargs or {})
+                        )
                 await refresh_queue_depth_async(conn, queues, gauges)
             except ApalisError as exc:
                 log.warning("queue depth refresh failed: %s", exc)
