@@ -427,8 +427,13 @@ class _Run:
                 server = start_metrics_server(self.w.metrics_port or 0, self.prom.registry)
                 self.w.metrics_server = server
                 log.info("worker %s: metrics on port %d", self.w.worker_id, server.port)
-            for lane in self.lanes:
-                await lane.register()
+            # Concurrently: a lane's registration is three round trips of its own connection.
+            registered = await asyncio.gather(
+                *(lane.register() for lane in self.lanes), return_exceptions=True
+            )
+            for outcome in registered:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             listening = asyncio.Event() if self.w.config.listen else None
             group = ServiceGroup(self._services(listening))
             group.start()
@@ -448,8 +453,15 @@ class _Run:
         finally:
             if group is not None:
                 await group.stop()
-            for lane in self.lanes:
-                await lane.finish()
+            # Each lane releases on its own connection: together, not one after another.
+            ends = await asyncio.gather(
+                *(lane.finish() for lane in self.lanes), return_exceptions=True
+            )
+            for lane, end in zip(self.lanes, ends, strict=True):
+                if isinstance(end, Exception):
+                    log.error(
+                        "worker %s: stopping queue %s failed: %s", self.w.worker_id, lane.queue, end
+                    )
             if server is not None:
                 server.stop()
         seconds = time.monotonic() - started
