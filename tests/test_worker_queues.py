@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
+import socket
 import time
+import urllib.request
 from typing import Any
 
 import psycopg
@@ -295,6 +297,42 @@ def test_bad_worker_routes_or_concurrency_are_usage_errors(
 
 
 # --- real processes ---------------------------------------------------------------------------
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:  # not serving yet
+        return ""
+
+
+def test_the_worker_command_serves_each_queues_counters_on_its_metrics_port(
+    runs_db: str,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = spawn_worker(
+        runs_db, "a=worker_support:echo", "b=worker_support:echo", "--metrics-port", str(port)
+    )
+    try:
+        push(runs_db, "a", [1, 2, 3])
+        push(runs_db, "b", [4, 5])
+        wait_for(
+            lambda: statuses(runs_db, "a") == {"Done": 3} and statuses(runs_db, "b") == {"Done": 2},
+            20,
+            "every task Done",
+        )
+        lines = ('{queue="a",status="Done"} 3.0', '{queue="b",status="Done"} 2.0')
+        wait_for(
+            lambda: all(f"apalis_tasks_finished_total{x}" in scrape(port) for x in lines),
+            10,
+            "both queues' counters on the endpoint",
+        )
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
 
 
 def runs_per_task(url: str) -> dict[int, int]:
