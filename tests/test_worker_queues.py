@@ -25,10 +25,10 @@ from worker_support import (
     wait_for,
 )
 
-from apalis_client import InvalidArgument
+from apalis_client import AlreadyRegistered, InvalidArgument, Route
 from apalis_client import worker_ops as ops
 from apalis_client.cli import main
-from apalis_client.worker import Route, Worker, WorkerConfig
+from apalis_client.worker import Worker, WorkerConfig
 
 FAST = WorkerConfig(
     poll_interval=0.02,
@@ -138,6 +138,21 @@ def test_a_notification_on_each_queue_wakes_its_route(migrated_db: str) -> None:
     finally:
         bg.finish()
     assert seen == [(q, i) for i, q in enumerate(QUEUES)]
+
+
+def test_a_queue_already_registered_elsewhere_refuses_the_run_and_releases_the_others(
+    migrated_db: str,
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        live = ops.register_worker(conn, "reports", "m4")  # a live peer of the same id
+    w = Worker([Route(q, abs) for q in QUEUES], conninfo=migrated_db, worker_id="m4", config=FAST)
+    with pytest.raises(AlreadyRegistered, match="reports"):
+        w.run(until_idle=True)
+    assert registrations(migrated_db, "m4") == {
+        "emails": None,
+        "reports": live.lease_token,
+        "thumbs": None,
+    }
 
 
 def test_routes_take_the_workers_concurrency_and_config_unless_they_set_their_own(
