@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import signal
 import socket
@@ -28,6 +29,7 @@ from worker_support import (
 from apalis_client import AlreadyRegistered, InvalidArgument, Route
 from apalis_client import worker_ops as ops
 from apalis_client.cli import main
+from apalis_client.periodic import Periodic
 from apalis_client.worker import Worker, WorkerConfig
 
 FAST = WorkerConfig(
@@ -170,6 +172,36 @@ def test_routes_take_the_workers_concurrency_and_config_unless_they_set_their_ow
         ("b", 7, own),
     ]
     assert w.queues == ("a", "b")
+
+
+def test_retention_purges_only_the_queue_whose_route_configures_it(migrated_db: str) -> None:
+    for q in ("a", "b"):
+        push(migrated_db, q, [1, 2, 3])
+    Worker([Route("a", abs), Route("b", abs)], conninfo=migrated_db, config=FAST).run(
+        until_idle=True
+    )
+    purging = dataclasses.replace(FAST, retention_window=0.0, retention_interval=0.2)
+    w = Worker(
+        [Route("a", abs, config=purging), Route("b", abs)], conninfo=migrated_db, config=FAST
+    )
+    bg = Background(w)
+    try:
+        wait_for(lambda: statuses(migrated_db, "a") == {}, 10, "queue a purged")
+        time.sleep(0.5)  # two more purge intervals of queue a
+    finally:
+        bg.finish()
+    assert statuses(migrated_db, "b") == {"Done": 3}
+
+
+def test_a_routes_periodic_schedules_join_the_workers() -> None:
+    every = Periodic("* * * * *", "a", name="every")
+    nightly = Periodic("0 3 * * *", "b", name="nightly")
+    w = Worker(
+        [Route("a", abs, periodic=[every]), Route("b", abs)],
+        conninfo="postgresql://nowhere.invalid/x",
+        periodic=[nightly],
+    )
+    assert w.periodic == [nightly, every]
 
 
 def test_max_tasks_counts_the_tasks_of_every_queue_together(migrated_db: str) -> None:
