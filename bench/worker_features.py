@@ -106,6 +106,7 @@ def paired(
         else:
             ys.append(b())
             xs.append(a())
+        print(f"round {r + 1}/{repeat}: {xs[-1]:,.1f} / {ys[-1]:,.1f}", flush=True)
     return xs, ys
 
 
