@@ -421,3 +421,35 @@ def test_a_sigkilled_multi_queue_worker_restarted_under_its_id_recovers_every_qu
     assert registrations(runs_db, "multi-fixed") == dict.fromkeys(QUEUES)
     for q in QUEUES:
         assert f"queue {q}: 4 done" in out
+
+
+def ignore(args: Any) -> None:
+    """Takes any payload (the periodic one is null)."""
+
+
+def test_every_connection_of_the_worker_takes_its_connect_kwargs(migrated_db: str) -> None:
+    cfg = dataclasses.replace(FAST, retention_window=3600.0, retention_interval=0.1)
+    w = Worker(
+        [Route("a", ignore, periodic=[Periodic("* * * * * *", "a", name="tick")]), Route("b", abs)],
+        conninfo=migrated_db,
+        config=cfg,
+        metrics_port=0,
+        connect_kwargs={"application_name": "apalis-kw"},
+    )
+
+    def names() -> list[str]:
+        found = rows(
+            migrated_db,
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        return [r["application_name"] for r in found]
+
+    bg = Background(w)
+    try:
+        # Two claim and two heartbeat connections, LISTEN, periodic, two retention purges
+        # and the queue-depth gauges: nine at least, every one named by connect_kwargs.
+        wait_for(lambda: len(names()) >= 9, 10, "every background connection")
+        assert set(names()) == {"apalis-kw"}
+    finally:
+        bg.finish()
