@@ -240,6 +240,14 @@ class Worker:
             raise InvalidArgument(
                 f"metrics_port must be an integer from 0 to 65535, got {metrics_port!r}"
             )
+        if metrics_port is not None:
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError as exc:
+                raise InvalidArgument(
+                    f"metrics_port={metrics_port} needs prometheus_client: "
+                    "pip install 'apalis-client[metrics]'"
+                ) from exc
         self.metrics_port = metrics_port
         #: The metrics endpoint while a run serves one (its ``port`` is the bound one).
         self.metrics_server: Any = None

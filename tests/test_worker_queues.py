@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import signal
 import socket
+import sys
 import time
 import urllib.request
 from typing import Any
@@ -453,3 +454,11 @@ def test_every_connection_of_the_worker_takes_its_connect_kwargs(migrated_db: st
         assert set(names()) == {"apalis-kw"}
     finally:
         bg.finish()
+
+
+def test_metrics_without_prometheus_client_installed_is_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    with pytest.raises(InvalidArgument, match=r"pip install 'apalis-client\[metrics\]'"):
+        Worker("a", abs, conninfo="postgresql://nowhere.invalid/x", metrics_port=9100)

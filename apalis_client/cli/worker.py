@@ -158,7 +158,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "'worker emails=mymod:send reports=mymod:build --concurrency 4 "
         "--concurrency reports=1'. The first SIGTERM/SIGINT stops claiming, lets in-flight "
         "tasks finish and deregisters every queue; a second one exits at once. Exit status "
-        "3: a lease was taken over.",
+        "3: a lease was taken over. Give the routes together, the options before or after "
+        "them.",
     )
     add_database_url(p)
     p.add_argument(
