@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         push_task_with_conn_async,
         push_with_conn_async,
     )
+    from apalis_client.route import Route
     from apalis_client.storage import PostgresStorage
     from apalis_client.storage_async import AsyncPostgresStorage
     from apalis_client.task import Task, TaskId
@@ -76,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "push_with_conn_async": "apalis_client.producer_async",
     "AsyncPostgresStorage": "apalis_client.storage_async",
     "PostgresStorage": "apalis_client.storage",
+    "Route": "apalis_client.route",
     "Task": "apalis_client.task",
     "TaskId": "apalis_client.task",
     "Worker": "apalis_client.worker",
@@ -133,6 +135,7 @@ __all__ = [
     "Outcome",
     "PermissionDenied",
     "PostgresStorage",
+    "Route",
     "SchemaError",
     "SchemaMissing",
     "SchemaReport",

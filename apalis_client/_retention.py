@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -22,8 +22,15 @@ log = logging.getLogger("apalis_client.worker")
 _FIRST_PURGE_SPREAD = 30.0
 
 
-async def retention_loop(conninfo: str, queue: str, config: WorkerConfig) -> None:
-    """Purge ``queue`` every ``retention_interval`` seconds until cancelled (own connection).
+async def retention_loop(
+    conninfo: str,
+    queue: str,
+    config: WorkerConfig,
+    *,
+    connect_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """Purge ``queue`` every ``retention_interval`` seconds until cancelled (own connection,
+    opened with ``connect_kwargs``).
 
     Many workers may run this on one queue: purge batches skip locked rows, so no row is
     deleted twice and no claim waits on a purge longer than one batch. A failed purge is
@@ -40,7 +47,7 @@ async def retention_loop(conninfo: str, queue: str, config: WorkerConfig) -> Non
             delay = config.retention_interval
             try:
                 if conn is None or conn.closed or conn.broken:
-                    conn = await _connect(conninfo)
+                    conn = await _connect(conninfo, connect_kwargs)
                 report = await purge_async(conn, queue, older_than=window)
             except ApalisError as exc:
                 log.warning("retention purge of queue %s failed: %s", queue, exc)
@@ -81,9 +88,11 @@ async def log_operator_kills(
         )
 
 
-async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+async def _connect(
+    conninfo: str, kwargs: Mapping[str, Any] | None = None
+) -> psycopg.AsyncConnection[Any]:
     try:
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **(kwargs or {}))
     except psycopg.OperationalError as exc:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConnectionFailed("connect", line) from exc

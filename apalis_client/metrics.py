@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import socket
+import socketserver
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -208,9 +210,15 @@ async def refresh_queue_depth_async(
 
 
 async def queue_depth_loop(
-    conninfo: str, queues: Sequence[str], gauges: QueueDepthGauges, *, interval: float = 15.0
+    conninfo: str,
+    queues: Sequence[str],
+    gauges: QueueDepthGauges,
+    *,
+    interval: float = 15.0,
+    connect_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Refresh the gauges every ``interval`` seconds until cancelled (a background service).
+    """Refresh the gauges every ``interval`` seconds until cancelled (a background service;
+    its own connection, opened with ``connect_kwargs``).
 
     A failed refresh is logged and the connection made again at the next turn.
     """
@@ -222,7 +230,9 @@ async def queue_depth_loop(
             try:
                 if conn is None or conn.closed or conn.broken:
                     with database_errors("connect for queue depth"):
-                        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                        conn = await psycopg.AsyncConnection.connect(
+                            conninfo, autocommit=True, **(connect_kwargs or {})
+                        )
                 await refresh_queue_depth_async(conn, queues, gauges)
             except ApalisError as exc:
                 log.warning("queue depth refresh failed: %s", exc)
@@ -251,14 +261,45 @@ class MetricsServer:
         self.thread.join(5)
 
 
+# How often the endpoint's thread checks for a stop: the most a worker's run waits for it.
+_STOP_POLL = 0.05
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged (the worker logs through ``logging``, not stderr)."""
+
+
 def start_metrics_server(
     port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0"
 ) -> MetricsServer:
-    """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread."""
+    """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread.
+
+    The thread checks for :meth:`MetricsServer.stop` every 50 ms (the standard library's
+    default is 500 ms, which a worker's run would wait out at every stop).
+    """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InvalidArgument(f"metrics port must be an integer from 0 to 65535, got {port!r}")
+    server_class = _Server6 if ":" in addr else _Server
     try:
-        server, thread = start_http_server(port, addr=addr, registry=registry)
+        server = make_server(
+            addr, port, make_wsgi_app(registry), server_class, handler_class=_Quiet
+        )
     except OSError as exc:
         raise InvalidArgument(f"cannot serve metrics on {addr}:{port}: {exc.strerror}") from exc
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": _STOP_POLL},
+        name="apalis-metrics",
+        daemon=True,
+    )
+    thread.start()
     return MetricsServer(server, thread)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal, TypeVar
@@ -229,8 +229,9 @@ def _utcnow() -> datetime:
 class PeriodicService:
     """Pushes the slots of ``periodics`` through the producer API, until cancelled.
 
-    One autocommit connection; a failed push is logged, the connection made again, and
-    the slot tried again at the next turn (or replaced by a later one, under "latest").
+    One autocommit connection (opened with ``connect_kwargs``); a failed push is logged,
+    the connection made again, and the slot tried again at the next turn (or replaced by a
+    later one, under "latest").
     """
 
     def __init__(
@@ -241,9 +242,11 @@ class PeriodicService:
         codec: Codec[Any] = JSON,
         clock: Callable[[], datetime] = _utcnow,
         retry_delay: float = 1.0,
+        connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.periodics = _unique(periodics)
         self.conninfo = conninfo
+        self.connect_kwargs: dict[str, Any] = dict(connect_kwargs or {})
         self.codec = codec
         self.clock = clock
         self.retry_delay = retry_delay
@@ -256,7 +259,9 @@ class PeriodicService:
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True, **self.connect_kwargs
+                )
             except psycopg.OperationalError as exc:
                 raise ApalisError(f"periodic: connect failed: {exc}") from exc
             self._conn = conn

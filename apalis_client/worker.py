@@ -1,9 +1,10 @@
-"""The worker runner: claim, run, ack, heartbeat and recover tasks of one queue.
+"""The worker runner: claim, run, ack, heartbeat and recover the tasks of one or more queues.
 
-One asyncio loop drives every run. An ``async def`` handler runs as up to
-``concurrency`` asyncio tasks; a plain function runs in a thread pool of
-``concurrency`` threads. Either way the database work (claims, batched acks,
-heartbeats, LISTEN) happens on the loop, through ``worker_ops``.
+One asyncio loop drives every run. Each queue served is a lane with its own claim
+connection, registration, slots and acks; an ``async def`` handler runs as up to
+``concurrency`` asyncio tasks, a plain function in a thread pool of ``concurrency``
+threads. The database work (claims, batched acks, heartbeats) happens on the loop,
+through ``worker_ops``; one LISTEN connection wakes every lane.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from psycopg import sql
 from apalis_client import limits
 from apalis_client import worker_ops_async as ops
 from apalis_client._retention import log_operator_kills, retention_loop
+from apalis_client._services import Service, ServiceGroup
 from apalis_client.cancellation import CANCEL_CHANNEL, CANCEL_MESSAGE, parse_cancel_payload
 from apalis_client.config import Config, WorkerConfig
 from apalis_client.context import TaskContext, running_task
 from apalis_client.errors import ApalisError, ConnectionFailed, InvalidArgument, WorkerNotRegistered
-from apalis_client.events import Observer, combine
+from apalis_client.events import MAX_STALE_IDS, Observer, StatsObserver, combine
 from apalis_client.handler_options import ResolvedOptions, resolve
 from apalis_client.periodic import Periodic, PeriodicService, periodic_of
 from apalis_client.retry import RetryPolicy, ack_delay
+from apalis_client.route import Route
 from apalis_client.tasklog import log_failure, log_finished
 from apalis_client.timeouts import timeout_message
 from apalis_client.worker_logic import (
@@ -59,13 +62,11 @@ log = logging.getLogger("apalis_client.worker")
 # printed to stderr by logging's last-resort handler (the CLI configures logging).
 log.addHandler(logging.NullHandler())
 
-__all__ = ["Worker", "WorkerConfig", "WorkerStats"]
+__all__ = ["Route", "Worker", "WorkerConfig", "WorkerStats"]
 
 _instance_numbers = itertools.count(1)
-# Past this many pending notified ids, the runner polls instead of claiming by id.
+# Past this many pending notified ids, a lane polls instead of claiming by id.
 _MAX_NOTIFIED = 1000
-# WorkerStats keeps the first stale ids for inspection; the count is always exact.
-_MAX_STALE_IDS = 1000
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,10 @@ _Running = asyncio.Future[_Result] | concurrent.futures.Future[_Result]
 
 @dataclass
 class WorkerStats:
-    """What one ``run`` did: counts by final status, stale acks (first 1,000 ids kept)."""
+    """What one ``run`` did: counts by final status, stale acks (first 1,000 ids kept).
+
+    The counts are the sums over the queues served; ``queues`` has each queue's own.
+    """
 
     claimed: int = 0
     done: int = 0
@@ -94,6 +98,7 @@ class WorkerStats:
     seconds: float = 0.0
     worker_id: str = ""
     stale_ids: list[str] = field(default_factory=list)
+    queues: dict[str, WorkerStats] = field(default_factory=dict)
 
     @property
     def acked(self) -> int:
@@ -101,8 +106,48 @@ class WorkerStats:
         return self.done + self.failed + self.killed
 
 
+def _stats_of(observer: StatsObserver, worker_id: str, seconds: float) -> WorkerStats:
+    fields: dict[str, Any] = observer.worker_stats_fields()
+    return WorkerStats(**fields, worker_id=worker_id, seconds=seconds)
+
+
+def _total(worker_id: str, seconds: float, parts: Mapping[str, WorkerStats]) -> WorkerStats:
+    total = WorkerStats(worker_id=worker_id, seconds=seconds, queues=dict(parts))
+    for part in parts.values():
+        total.claimed += part.claimed
+        total.done += part.done
+        total.failed += part.failed
+        total.killed += part.killed
+        total.stale += part.stale
+        total.lease_lost = total.lease_lost or part.lease_lost
+        room = MAX_STALE_IDS - len(total.stale_ids)
+        total.stale_ids.extend(part.stale_ids[: max(room, 0)])
+    return total
+
+
+@dataclass(frozen=True)
+class _Served:
+    """One queue as a run serves it: the route with the Worker's defaults filled in."""
+
+    queue: str
+    handler: Callable[..., Any]
+    spec: HandlerSpec
+    options: ResolvedOptions
+    concurrency: int
+    config: WorkerConfig
+
+
 class Worker:
-    """Runs ``handler`` for the tasks of ``queue``.
+    """Runs ``handler`` for the tasks of ``queue``, or each route's handler for its queue.
+
+    ``Worker("emails", send, conninfo=...)`` serves one queue;
+    ``Worker([Route("emails", send, concurrency=10), Route("reports", build)], conninfo=...)``
+    serves several, each with its own handler and slots (see :class:`Route`; what a route
+    leaves unset comes from the Worker's ``concurrency``, ``config``, ``retry`` and
+    ``timeout``). Each queue is registered, heartbeated, swept, reconciled and released
+    under ``(worker_id, queue)`` as a Rust 0.6 worker of that queue would be, with its own
+    claim connection; one LISTEN connection wakes them all. When one queue's registration
+    is taken over (the id runs twice), every queue stops claiming.
 
     ``handler`` takes one argument, the task's JSON payload decoded into the type its
     first parameter is annotated with (a pydantic model, a dataclass, ``dict``, …;
@@ -129,20 +174,21 @@ class Worker:
     transaction pooler does not deliver notifications). After LISTEN the worker sends
     itself a probe notification and warns when it does not arrive within a second.
 
-    ``periodic`` (and ``@periodic`` on the handler) are pushed once per slot however many
+    ``periodic`` (and ``@periodic`` on a handler) are pushed once per slot however many
     workers run them. ``observers`` get the worker's events; ``metrics_port`` serves
     Prometheus metrics (task counters, a duration histogram, queue-depth gauges) at
     ``/metrics`` on that port while the worker runs (0: a free port; needs the
     ``metrics`` extra).
 
     ``worker.run()`` blocks; ``await worker.run_async()`` runs inside a running loop;
-    ``worker.stop()`` (any thread) asks for a graceful stop.
+    ``worker.stop()`` (any thread) asks for a graceful stop. ``run(until_idle=True)`` ends
+    once every queue is idle; ``max_tasks`` counts the tasks of all queues together.
     """
 
     def __init__(
         self,
-        queue: str | Config,
-        handler: Callable[..., Any],
+        queue: str | Config | Sequence[Route],
+        handler: Callable[..., Any] | None = None,
         *,
         conninfo: str,
         concurrency: int = 1,
@@ -156,21 +202,23 @@ class Worker:
         observers: Sequence[Observer] = (),
         metrics_port: int | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
-        if isinstance(queue, Config):
-            if config is not None:
-                raise InvalidArgument(
-                    f"Worker got both a Config for queue {queue.queue!r} and config=...: put "
-                    "the timing in Config(worker=...) or pass the queue name with config="
-                )
-            config = queue.worker
-            queue = queue.queue
-        self.queue = limits.check_queue(queue)
-        self.handler = handler
-        self.spec: HandlerSpec = inspect_handler(handler)
-        # The handler's @handler_options over these defaults (checked here, before any run).
-        self.options: ResolvedOptions = resolve(handler, worker_timeout=timeout, worker_retry=retry)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidArgument(f"concurrency must be at least 1, got {concurrency!r}")
+        routes = _routes(queue, handler, config)
+        self.config = config or WorkerConfig()
+        served = [_serve(r, self.config, concurrency, retry, timeout) for r in routes]
+        self._served: tuple[_Served, ...] = tuple(served)
+        first = served[0]
+        #: The queues served, in the order given.
+        self.queues: tuple[str, ...] = tuple(s.queue for s in served)
+        # The first (in the single-queue form, the only) queue's settings, as before routes.
+        self.queue = first.queue
+        self.handler = first.handler
+        self.spec: HandlerSpec = first.spec
+        self.options: ResolvedOptions = first.options
+        self.concurrency = first.concurrency
+        if len(served) == 1:
+            self.config = first.config
         self.conninfo = conninfo
         self.connect_kwargs: dict[str, Any] = dict(connect_kwargs or {})
         if "autocommit" in self.connect_kwargs:
@@ -179,8 +227,10 @@ class Worker:
                 "autocommit"
             )
         self.listen_conninfo = listen_conninfo
-        # Periodic tasks: given here, or declared on the handler with @periodic.
-        self.periodic: list[Periodic] = [*periodic, *periodic_of(handler, self.queue)]
+        # Periodic tasks: given here, on a route, or declared on a handler with @periodic.
+        self.periodic: list[Periodic] = list(periodic)
+        for r, s in zip(routes, served, strict=True):
+            self.periodic += [*r.periodic, *periodic_of(s.handler, s.queue)]
         self.observers: list[Observer] = list(observers)
         if metrics_port is not None and (
             isinstance(metrics_port, bool)
@@ -190,18 +240,24 @@ class Worker:
             raise InvalidArgument(
                 f"metrics_port must be an integer from 0 to 65535, got {metrics_port!r}"
             )
+        if metrics_port is not None:
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError as exc:
+                raise InvalidArgument(
+                    f"metrics_port={metrics_port} needs prometheus_client: "
+                    "pip install 'apalis-client[metrics]'"
+                ) from exc
         self.metrics_port = metrics_port
         #: The metrics endpoint while a run serves one (its ``port`` is the bound one).
         self.metrics_server: Any = None
-        self.concurrency = concurrency
         self.worker_id = worker_id or (
             f"py-{socket.gethostname()}-{os.getpid()}-{next(_instance_numbers)}"
         )
-        self.config = config or WorkerConfig()
         self._ready = threading.Event()
         self._stop_requested = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._wakes: list[asyncio.Event] = []
         self._signals = 0
 
     def run(self, *, until_idle: bool = False, max_tasks: int | None = None) -> WorkerStats:
@@ -215,12 +271,12 @@ class Worker:
         if max_tasks is not None and max_tasks < 0:
             raise InvalidArgument(f"max_tasks must be >= 0, got {max_tasks}")
         loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._wake = asyncio.Event()
         self._ready.clear()
+        run = _Run(self, until_idle=until_idle, max_tasks=max_tasks)
+        self._wakes = [lane.wake for lane in run.lanes]
+        self._loop = loop
         installed = self._install_signal_handlers(loop)
         try:
-            run = _Run(self, self._wake, until_idle=until_idle, max_tasks=max_tasks)
             return await run.main()
         finally:
             for sig in installed:
@@ -230,10 +286,10 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop claiming, finish in-flight tasks, ack them and release."""
         self._stop_requested.set()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
+        loop, wakes = self._loop, list(self._wakes)
+        if loop is not None and wakes:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(_set_all, wakes)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Block until the worker is registered (and listening, if enabled); False on timeout."""
@@ -266,20 +322,329 @@ class Worker:
         os._exit(128 + int(sig))
 
 
-class _Run:
-    """The state of one ``Worker.run_async`` call."""
+def _set_all(events: Sequence[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
-    def __init__(
-        self, worker: Worker, wake: asyncio.Event, *, until_idle: bool, max_tasks: int | None
-    ) -> None:
+
+def _routes(
+    queue: str | Config | Sequence[Route],
+    handler: Callable[..., Any] | None,
+    config: WorkerConfig | None,
+) -> list[Route]:
+    """The routes of either constructor form, checked: one queue and handler, or routes."""
+    if isinstance(queue, str | Config):
+        if handler is None:
+            name = queue.queue if isinstance(queue, Config) else queue
+            raise InvalidArgument(
+                f"Worker({name!r}, handler) needs a handler for queue {name!r} "
+                "(or pass a list of Route(queue, handler) for several queues)"
+            )
+        if isinstance(queue, Config) and config is not None:
+            raise InvalidArgument(
+                f"Worker got both a Config for queue {queue.queue!r} and config=...: put "
+                "the timing in Config(worker=...) or pass the queue name with config="
+            )
+        if isinstance(queue, str):
+            limits.check_queue(queue)
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        return [Route(queue, handler, config=config)]
+    if handler is not None:
+        raise InvalidArgument(
+            "Worker(routes, handler): with a list of Route each route names its own handler; "
+            "pass no handler"
+        )
+    routes = list(queue)
+    if not routes:
+        raise InvalidArgument("Worker needs at least one Route, got an empty list")
+    seen: set[str] = set()
+    for r in routes:
+        if not isinstance(r, Route):
+            raise InvalidArgument(f"Worker routes must be Route(queue, handler), got {r!r}")
+        if r.name in seen:
+            raise InvalidArgument(
+                f"queue {r.name!r} is routed twice: one Worker serves a queue with one handler"
+            )
+        seen.add(r.name)
+    return routes
+
+
+def _serve(
+    route: Route,
+    config: WorkerConfig | None,
+    concurrency: int,
+    retry: RetryPolicy | Callable[[int], float] | float | None,
+    timeout: float | None,
+) -> _Served:
+    return _Served(
+        queue=route.name,
+        handler=route.handler,
+        spec=inspect_handler(route.handler),
+        # The handler's @handler_options over the route's, over the Worker's defaults.
+        options=resolve(
+            route.handler,
+            worker_timeout=route.timeout if route.timeout is not None else timeout,
+            worker_retry=route.retry if route.retry is not None else retry,
+        ),
+        concurrency=route.concurrency or concurrency,
+        config=route.config or config or WorkerConfig(),
+    )
+
+
+class _Run:
+    """The state of one ``Worker.run_async`` call: its lanes and what they share."""
+
+    def __init__(self, worker: Worker, *, until_idle: bool, max_tasks: int | None) -> None:
         self.w = worker
-        self.cfg = worker.config
         self.until_idle = until_idle
         self.max_tasks = max_tasks
-        self.stats = WorkerStats(worker_id=worker.worker_id)
-        self.observer: Observer = combine(worker.observers)
+        self.prom: Any = None
+        if worker.metrics_port is not None:
+            from apalis_client.metrics import PrometheusObserver
+
+            self.prom = PrometheusObserver()
+        shared = [*worker.observers, *([self.prom] if self.prom is not None else [])]
+        self.lanes = [_Lane(self, served, shared) for served in worker._served]
+        self.by_queue = {lane.queue: lane for lane in self.lanes}
+        self.lease_lost = False
+        # Set when one lane's loop failed: the others stop claiming and drain too.
+        self.failed = False
+        # Claim slots taken by claims in flight, so lanes together stay within max_tasks.
+        self.reserved = 0
+        # Set when the LISTEN probe did not come back: notifications are not delivered.
+        self.listen_warning = False
+
+    def claimed(self) -> int:
+        return sum(lane.stats.claimed_count for lane in self.lanes)
+
+    def stopping(self) -> bool:
+        return self.w._stop_requested.is_set() or self.lease_lost or self.failed
+
+    def wake_all(self) -> None:
+        _set_all([lane.wake for lane in self.lanes])
+
+    async def main(self) -> WorkerStats:
+        started = time.monotonic()
+        group: ServiceGroup | None = None
+        server: Any = None
+        try:
+            if self.prom is not None:
+                from apalis_client.metrics import start_metrics_server
+
+                server = start_metrics_server(self.w.metrics_port or 0, self.prom.registry)
+                self.w.metrics_server = server
+                log.info("worker %s: metrics on port %d", self.w.worker_id, server.port)
+            # Concurrently: a lane's registration is three round trips of its own connection.
+            registered = await asyncio.gather(
+                *(lane.register() for lane in self.lanes), return_exceptions=True
+            )
+            for outcome in registered:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            listening = asyncio.Event() if self.w.config.listen else None
+            group = ServiceGroup(self._services(listening))
+            group.start()
+            if listening is not None:
+                # Tasks pushed after wait_until_ready() returns must wake us.
+                await listening.wait()
+            self.w._ready.set()
+            for lane in self.lanes:
+                log.info(
+                    "worker %s running on queue %s (concurrency %d, %s handler)",
+                    self.w.worker_id,
+                    lane.queue,
+                    lane.s.concurrency,
+                    "async" if lane.s.spec.is_async else "thread",
+                )
+            await self._work()
+        finally:
+            if group is not None:
+                await group.stop()
+            # Each lane releases on its own connection: together, not one after another.
+            ends = await asyncio.gather(
+                *(lane.finish() for lane in self.lanes), return_exceptions=True
+            )
+            for lane, end in zip(self.lanes, ends, strict=True):
+                if isinstance(end, Exception):
+                    log.error(
+                        "worker %s: stopping queue %s failed: %s", self.w.worker_id, lane.queue, end
+                    )
+            if server is not None:
+                server.stop()
+        seconds = time.monotonic() - started
+        parts = {
+            lane.queue: _stats_of(lane.stats, self.w.worker_id, seconds) for lane in self.lanes
+        }
+        if len(self.lanes) > 1:
+            log.info(
+                "worker %s stopped: %s",
+                self.w.worker_id,
+                ", ".join(f"{q} {s.done} done" for q, s in parts.items()),
+            )
+        return _total(self.w.worker_id, seconds, parts)
+
+    async def _work(self) -> None:
+        """Run every lane until it ends; one that fails stops the others, then re-raises."""
+        tasks = [asyncio.ensure_future(lane.work()) for lane in self.lanes]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if any(not t.cancelled() and t.exception() is not None for t in done):
+                self.failed = True
+                self.wake_all()
+                await asyncio.wait(tasks)
+            for t in tasks:
+                t.result()  # the first failure, re-raised
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+
+    def _services(self, listening: asyncio.Event | None) -> list[Service]:
+        """The background jobs of this run: per queue, then shared by every queue."""
+        w = self.w
+        out: list[Service] = []
+        for lane in self.lanes:
+            out.append(Service(f"heartbeat {lane.queue}", lane.heartbeat_loop))
+            cfg = lane.s.config
+            if cfg.retention_window is not None:
+                out.append(Service(f"retention {lane.queue}", lane.retention))
+        out.append(Service("lost claims", self._lost_claims_loop))
+        if w.periodic:
+            periodic = PeriodicService(w.conninfo, w.periodic, connect_kwargs=w.connect_kwargs)
+            out.append(Service("periodic", periodic.run))
+        if self.prom is not None:
+            out.append(Service("queue depth", self._queue_depth))
+        if listening is not None:
+            out.append(Service("listen", lambda: self._listen_loop(listening)))
+        return out
+
+    async def _queue_depth(self) -> None:
+        from apalis_client.metrics import QueueDepthGauges, queue_depth_loop
+
+        gauges = QueueDepthGauges(self.prom.registry)
+        await queue_depth_loop(
+            self.w.conninfo, self.w.queues, gauges, connect_kwargs=self.w.connect_kwargs
+        )
+
+    async def _lost_claims_loop(self) -> None:
+        """Every second, the polling fallback of cancellation: drop tasks no longer ours."""
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                for lane in self.lanes:
+                    running = list(lane.in_flight.values())
+                    if not running or lane.lease is None:
+                        continue
+                    try:
+                        if conn is None or conn.closed or conn.broken:
+                            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+                        lost = await ops.lost_claims_async(conn, lane.lease, running)
+                    except ApalisError as exc:
+                        log.error("worker %s: lost-claims check failed: %s", self.w.worker_id, exc)
+                        continue
+                    claimed_at = {job.id: job.attempts for job in running}
+                    for task_id in lost:
+                        # The attempts of this run: a later claim of the same id is not hit.
+                        lane.cancel(
+                            task_id,
+                            claimed_at[task_id],
+                            "the task is no longer held by this worker",
+                        )
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _probe_listen(self, probe: str, listening: asyncio.Event) -> None:
+        """Notify ``probe`` from the claim connection; warn if LISTEN has not heard it in 1 s.
+
+        A transaction pooler (PgBouncer in transaction mode) runs LISTEN on whichever
+        server connection it lends, then hands that connection to others: nothing is
+        delivered, and the worker would only find tasks by polling.
+        """
+        try:
+            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+            try:
+                await ops.notify_probe_async(conn, CANCEL_CHANNEL, probe)
+            finally:
+                await conn.close()
+            await asyncio.sleep(1.0)
+        except ApalisError as exc:
+            log.warning("worker %s: could not probe LISTEN: %s", self.w.worker_id, exc)
+        self.listen_warning = True
+        log.warning(
+            "worker %s: LISTEN on %s heard no probe notification within 1s: it probably goes "
+            "through a transaction pooler (PgBouncer in transaction mode), which does not "
+            "deliver notifications; the worker polls instead. Pass listen_conninfo= (CLI: "
+            "--listen-database-url) with a direct PostgreSQL connection string",
+            self.w.worker_id,
+            NOTIFY_CHANNEL,
+        )
+        listening.set()
+
+    async def _listen_loop(self, listening: asyncio.Event) -> None:
+        """One LISTEN connection for every lane: inserts wake the lane of their queue."""
+        conn: psycopg.AsyncConnection[Any] | None = None
+        queues = set(self.by_queue)
+        try:
+            while True:
+                try:
+                    conn = await _connect(
+                        self.w.listen_conninfo or self.w.conninfo, self.w.connect_kwargs
+                    )
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
+                    probe = f"probe:{self.w.worker_id}:{time.monotonic_ns()}"
+                    probe_timer = asyncio.ensure_future(self._probe_listen(probe, listening))
+                    async for note in conn.notifies():
+                        if note.channel == CANCEL_CHANNEL:
+                            if note.payload == probe:
+                                probe_timer.cancel()
+                                self.listen_warning = False
+                                log.info(
+                                    "worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL
+                                )
+                                listening.set()
+                                continue
+                            req = parse_cancel_payload(note.payload)
+                            if req is not None and req.is_for(self.w.worker_id, queues):
+                                self.by_queue[req.job_type].cancel(
+                                    req.id, req.attempts, CANCEL_MESSAGE
+                                )
+                            continue
+                        event = parse_notify_payload(note.payload)
+                        lane = self.by_queue.get(event.job_type) if event is not None else None
+                        if lane is not None and event is not None:
+                            lane.notify(event.ids)
+                except (ApalisError, psycopg.Error) as exc:
+                    # Polling keeps the worker going meanwhile.
+                    log.error("worker %s: LISTEN connection lost: %s", self.w.worker_id, exc)
+                    listening.set()
+                    if conn is not None:
+                        await conn.close()
+                    await asyncio.sleep(min(self.w.config.max_poll_interval, 5.0))
+        finally:
+            listening.set()  # a LISTEN that ends never holds up the start
+            if conn is not None:
+                await conn.close()
+
+
+class _Lane:
+    """One queue of a run: its registration, claim connection, slots and acks."""
+
+    def __init__(self, run: _Run, served: _Served, observers: Sequence[Observer]) -> None:
+        self.run = run
+        self.w = run.w
+        self.s = served
+        self.queue = served.queue
+        self.cfg = served.config
+        self.stats = StatsObserver()
+        self.observer: Observer = combine([self.stats, *observers])
         self.durations: dict[str, float] = {}
-        self.wake = wake
+        self.wake = asyncio.Event()
         self.in_flight: dict[_Running, Job] = {}
         # Thread pool handlers that finished, handed to the loop in bursts: one loop wake-up
         # for however many finish meanwhile, not one asyncio future and wake-up per task.
@@ -304,7 +669,7 @@ class _Run:
         self.lease: Lease | None = None
         self.poll_now = False
         # Set when the claim connection was replaced: claims made on the old one may have
-        # committed unseen, so the worker reconciles before it claims again.
+        # committed unseen, so the lane reconciles before it claims again.
         self.reconcile_due = False
         # The post-outage rule (see _note_heartbeat): once this worker could not reach the
         # database for long, the stale sweep waits one orphan threshold after the outage
@@ -313,8 +678,6 @@ class _Run:
         self.outage_seen = False
         self.sweep_hold_until = 0.0
         self.last_heartbeat = time.monotonic()
-        # Set when the LISTEN probe did not come back: notifications are not delivered.
-        self.listen_warning = False
         self.cancelled = 0
 
     def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
@@ -322,73 +685,49 @@ class _Run:
             raise RuntimeError("the worker is not registered")
         return self.conn, self.lease
 
+    def notify(self, ids: Sequence[str]) -> None:
+        """A LISTEN wake-up for this queue: claim these ids next (or poll, past a flood)."""
+        if len(self.notified) < _MAX_NOTIFIED:
+            for task_id in ids:
+                self.notified[task_id] = None
+        else:
+            # A flood of inserts: a plain poll finds them more cheaply.
+            self.notified.clear()
+            self.poll_now = True
+        self.wake.set()
+
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def main(self) -> WorkerStats:
-        started = time.monotonic()
+    async def register(self) -> None:
+        """Connect, register (stale sweep first) and hand back claims left in our name."""
         self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
-        background: list[asyncio.Task[None]] = []
+        self.lease = await ops.register_worker_async(
+            self.conn, self.queue, self.w.worker_id, orphan_threshold=self.cfg.orphan_threshold
+        )
+        await ops.reconcile_worker_async(self.conn, self.lease, [])
+        if not self.s.spec.is_async:
+            # Spare threads so that a timed-out handler, which cannot be stopped, does
+            # not keep its slot: the next task gets a fresh thread.
+            spare = self.s.concurrency if self.s.options.timeout is not None else 0
+            self.executor = ThreadPoolExecutor(
+                max_workers=self.s.concurrency + spare, thread_name_prefix=f"apalis-{self.queue}"
+            )
+
+    async def work(self) -> None:
+        """Claim and run until told to stop (or idle), then drain: acks in, the rest given up."""
         try:
-            self.lease = await ops.register_worker_async(
-                self.conn,
-                self.w.queue,
-                self.w.worker_id,
-                orphan_threshold=self.cfg.orphan_threshold,
-            )
-            await ops.reconcile_worker_async(self.conn, self.lease, [])
-            if not self.w.spec.is_async:
-                # Spare threads so that a timed-out handler, which cannot be stopped, does
-                # not keep its slot: the next task gets a fresh thread.
-                spare = self.w.concurrency if self.w.options.timeout is not None else 0
-                self.executor = ThreadPoolExecutor(
-                    max_workers=self.w.concurrency + spare,
-                    thread_name_prefix=f"apalis-{self.w.queue}",
-                )
-            background.append(asyncio.ensure_future(self._heartbeat_loop(self.lease)))
-            if self.w.periodic:
-                service = PeriodicService(self.w.conninfo, self.w.periodic)
-                background.append(asyncio.ensure_future(service.run()))
-            if self.w.metrics_port is not None:
-                background.append(asyncio.ensure_future(self._serve_metrics(self.w.metrics_port)))
-            background.append(asyncio.ensure_future(self._lost_claims_loop()))
-            if self.cfg.retention_window is not None:
-                purging = retention_loop(self.w.conninfo, self.w.queue, self.cfg)  # own conn
-                background.append(asyncio.ensure_future(purging))
-            if self.cfg.listen:
-                listening = asyncio.Event()
-                background.append(asyncio.ensure_future(self._listen_loop(listening)))
-                # Tasks pushed after wait_until_ready() returns must wake us.
-                await asyncio.wait(
-                    [asyncio.ensure_future(listening.wait()), background[-1]],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            self.w._ready.set()
-            log.info(
-                "worker %s running on queue %s (concurrency %d, %s handler)",
-                self.w.worker_id,
-                self.w.queue,
-                self.w.concurrency,
-                "async" if self.w.spec.is_async else "thread",
-            )
             await self._claim_loop()
             await self._drain()
         except BaseException:
-            if self.lease is not None:
-                # The loop itself failed: ack what finished; the rest is released below.
-                log.exception("worker %s: the worker loop failed", self.w.worker_id)
-                await self._flush_acks_logged()
+            # The loop itself failed: ack what finished; the rest is released at the end.
+            log.exception(
+                "worker %s: the worker loop of queue %s failed", self.w.worker_id, self.queue
+            )
+            await self._flush_acks_logged()
             raise
-        finally:
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            await self._finish()
-            self.stats.seconds = time.monotonic() - started
-        return self.stats
 
-    async def _finish(self) -> None:
+    async def finish(self) -> None:
+        """Release the registration (unless lost) and close the claim connection."""
         if self.executor is not None:
             # Threads still running a timed-out handler are abandoned, not joined.
             self.executor.shutdown(wait=False, cancel_futures=True)
@@ -399,35 +738,47 @@ class _Run:
                     await ops.release_worker_async(self.conn, self.lease)
                 except ApalisError as exc:
                     # What it still holds is handed back by the stale sweep later.
-                    log.warning("worker %s: could not release: %s", self.w.worker_id, exc)
+                    log.warning(
+                        "worker %s: could not release queue %s: %s",
+                        self.w.worker_id,
+                        self.queue,
+                        exc,
+                    )
             await self.conn.close()
+        s = self.stats
         log.info(
-            "worker %s stopped: %d done, %d failed, %d killed, %d stale",
+            "worker %s stopped on queue %s: %d done, %d failed, %d killed, %d stale",
             self.w.worker_id,
-            self.stats.done,
-            self.stats.failed,
-            self.stats.killed,
-            self.stats.stale,
+            self.queue,
+            s.done,
+            s.failed,
+            s.killed,
+            s.stale,
+        )
+
+    async def retention(self) -> None:
+        await retention_loop(
+            self.w.conninfo, self.queue, self.cfg, connect_kwargs=self.w.connect_kwargs
         )
 
     # -- claiming --------------------------------------------------------------------------
 
     def _should_stop_claiming(self) -> bool:
-        if self.w._stop_requested.is_set():
+        if self.run.stopping():
             return True
-        if self.lease_lost:
-            return True
-        return self.max_tasks is not None and self.stats.claimed >= self.max_tasks
+        limit = self.run.max_tasks
+        return limit is not None and self.run.claimed() >= limit
 
     def _free_slots(self) -> int:
         free = claim_size(
-            concurrency=self.w.concurrency,
+            concurrency=self.s.concurrency,
             in_flight=len(self.in_flight),
             batch_size=self.cfg.batch_size,
         )
-        if self.max_tasks is not None:
-            free = min(free, self.max_tasks - self.stats.claimed)
-        return free
+        limit = self.run.max_tasks
+        if limit is not None:
+            free = min(free, limit - self.run.claimed() - self.run.reserved)
+        return max(free, 0)
 
     async def _claim_loop(self) -> None:
         backoff = Backoff(self.cfg.poll_interval, self.cfg.max_poll_interval)
@@ -478,12 +829,12 @@ class _Run:
                         next_poll = time.monotonic() + backoff.reset()
                     else:
                         if (
-                            self.until_idle
+                            self.run.until_idle
                             and not self.in_flight
                             and not self.completed
                             and not self.notified
                         ):
-                            log.info("worker %s: queue %s is idle", self.w.worker_id, self.w.queue)
+                            log.info("worker %s: queue %s is idle", self.w.worker_id, self.queue)
                             return
                         next_poll = time.monotonic() + backoff.idle()
                 else:
@@ -513,37 +864,42 @@ class _Run:
 
     def _full_claim(self) -> int:
         return claim_size(
-            concurrency=self.w.concurrency, in_flight=0, batch_size=self.cfg.batch_size
+            concurrency=self.s.concurrency, in_flight=0, batch_size=self.cfg.batch_size
         )
 
     async def _claim(self, ids: list[str] | None, free: int) -> list[Job]:
         conn, lease = self._db()
         # Completions waiting for their ack go with the claim: one round trip, one commit.
-        with self._taking_completions() as done:
-            report, claimed = await ops.ack_and_claim_async(
-                conn, lease, done, batch=free, ids=ids, delays=self._delays_of(done)
-            )
+        self.run.reserved += free
+        try:
+            with self._taking_completions() as done:
+                report, claimed = await ops.ack_and_claim_async(
+                    conn, lease, done, batch=free, ids=ids, delays=self._delays_of(done)
+                )
+        finally:
+            self.run.reserved -= free
         self._forget_delays(done)
         self._count_acks(report, done)
         await log_operator_kills(conn, lease.worker_id, report.stale)
         if claimed:
             log.debug("worker %s claimed %d task(s)", self.w.worker_id, len(claimed))
-        self.stats.claimed += len(claimed)
         if claimed:
-            self.observer.claimed(self.w.worker_id, self.w.queue, claimed)
+            self.observer.claimed(self.w.worker_id, self.queue, claimed)
         for job in claimed:
             self._dispatch(job)
+        if self.run.max_tasks is not None and len(self.run.lanes) > 1:
+            self.run.wake_all()  # the slots this claim reserved are free again elsewhere
         return claimed
 
     def _dispatch(self, job: Job) -> None:
-        spec = self.w.spec
+        spec = self.s.spec
         try:
             args = spec.decode(job.job)
         except ValueError as exc:
             # A failed attempt, as a Rust worker records it (Killed once attempts run out).
             self._complete(job, Outcome.failure(str(exc)), exc, 0.0)
             return
-        limit = self.w.options.timeout
+        limit = self.s.options.timeout
         self.observer.started(job)
         ctx = TaskContext(
             id=job.id,
@@ -606,7 +962,7 @@ class _Run:
                 self._complete(job, result.outcome, result.exc, result.duration)
         self.wake.set()
 
-    def _cancel(self, task_id: str, attempts: int | None, reason: str) -> bool:
+    def cancel(self, task_id: str, attempts: int | None, reason: str) -> bool:
         """Stop running a task this worker no longer holds (an operator cancelled it).
 
         The row already says what happened (Killed, "cancelled by operator"), so nothing is
@@ -637,7 +993,7 @@ class _Run:
         if not self.deadlines:
             return None
         now = time.monotonic()
-        limit = self.w.options.timeout or 0.0
+        limit = self.s.options.timeout or 0.0
         for fut, due in list(self.deadlines.items()):
             if due > now:
                 continue
@@ -675,7 +1031,7 @@ class _Run:
     ) -> None:
         """Queue one outcome for its ack: its retry backoff drawn, a failure logged."""
         delay = ack_delay(
-            self.w.options.retry,
+            self.s.options.retry,
             status=outcome.status,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
@@ -710,16 +1066,6 @@ class _Run:
                 self.observer.stale_ack(job, duration)
             else:
                 self.observer.finished(job, status, duration)  # type: ignore[arg-type]
-        for status in report.statuses.values():
-            if status == "Done":
-                self.stats.done += 1
-            elif status == "Failed":
-                self.stats.failed += 1
-            else:
-                self.stats.killed += 1
-        self.stats.stale += len(report.stale)
-        room = _MAX_STALE_IDS - len(self.stats.stale_ids)
-        self.stats.stale_ids.extend(t.id for t in report.stale[: max(room, 0)])
 
     async def _drain(self) -> None:
         """Let in-flight tasks finish (up to shutdown_timeout), ack everything, give up the rest."""
@@ -793,9 +1139,9 @@ class _Run:
             lease.worker_id,
         )
         self.lease_lost = True
-        self.stats.lease_lost = True
+        self.run.lease_lost = True
         self.observer.lease_lost(lease.worker_id, lease.queue)
-        self.wake.set()
+        self.run.wake_all()  # the id runs twice: every queue stops claiming
 
     def _note_heartbeat(self, lease: Lease) -> None:
         """A heartbeat succeeded: start the sweep hold if the database was out of reach.
@@ -826,7 +1172,9 @@ class _Run:
 
     # -- background ------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self, lease: Lease) -> None:
+    async def heartbeat_loop(self) -> None:
+        """Heartbeat, then the stale sweep of this queue, every heartbeat_interval."""
+        _, lease = self._db()
         conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while True:
@@ -851,127 +1199,6 @@ class _Run:
                     )
                 except ApalisError as exc:
                     log.error("worker %s: stale sweep failed: %s", lease.worker_id, exc)
-        finally:
-            if conn is not None:
-                await conn.close()
-
-    async def _serve_metrics(self, port: int) -> None:
-        """The Prometheus endpoint: an observer of this run and the queue-depth gauges."""
-        from apalis_client.metrics import (
-            PrometheusObserver,
-            QueueDepthGauges,
-            queue_depth_loop,
-            start_metrics_server,
-        )
-
-        prom = PrometheusObserver()
-        self.observer = combine([self.observer, prom])
-        server = start_metrics_server(port, prom.registry)
-        self.w.metrics_server = server
-        log.info("worker %s: metrics on port %d", self.w.worker_id, server.port)
-        try:
-            gauges = QueueDepthGauges(prom.registry)
-            await queue_depth_loop(self.w.conninfo, [self.w.queue], gauges)
-        finally:
-            server.stop()
-
-    async def _lost_claims_loop(self) -> None:
-        """Every second, the polling fallback of cancellation: drop tasks no longer ours."""
-        conn: psycopg.AsyncConnection[Any] | None = None
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                running = list(self.in_flight.values())
-                if not running or self.lease is None:
-                    continue
-                try:
-                    if conn is None or conn.closed or conn.broken:
-                        conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
-                    lost = await ops.lost_claims_async(conn, self.lease, running)
-                except ApalisError as exc:
-                    log.error("worker %s: lost-claims check failed: %s", self.w.worker_id, exc)
-                    continue
-                claimed_at = {job.id: job.attempts for job in running}
-                for task_id in lost:
-                    # The attempts of this run: a later claim of the same id is not hit.
-                    self._cancel(
-                        task_id, claimed_at[task_id], "the task is no longer held by this worker"
-                    )
-        finally:
-            if conn is not None:
-                await conn.close()
-
-    async def _probe_listen(self, probe: str, listening: asyncio.Event) -> None:
-        """Notify ``probe`` from the claim connection; warn if LISTEN has not heard it in 1 s.
-
-        A transaction pooler (PgBouncer in transaction mode) runs LISTEN on whichever
-        server connection it lends, then hands that connection to others: nothing is
-        delivered, and the worker would only find tasks by polling.
-        """
-        try:
-            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
-            try:
-                await ops.notify_probe_async(conn, CANCEL_CHANNEL, probe)
-            finally:
-                await conn.close()
-            await asyncio.sleep(1.0)
-        except ApalisError as exc:
-            log.warning("worker %s: could not probe LISTEN: %s", self.w.worker_id, exc)
-        self.listen_warning = True
-        log.warning(
-            "worker %s: LISTEN on %s heard no probe notification within 1s: it probably goes "
-            "through a transaction pooler (PgBouncer in transaction mode), which does not "
-            "deliver notifications; the worker polls instead. Pass listen_conninfo= (CLI: "
-            "--listen-database-url) with a direct PostgreSQL connection string",
-            self.w.worker_id,
-            NOTIFY_CHANNEL,
-        )
-        listening.set()
-
-    async def _listen_loop(self, listening: asyncio.Event) -> None:
-        conn: psycopg.AsyncConnection[Any] | None = None
-        try:
-            while True:
-                try:
-                    conn = await _connect(
-                        self.w.listen_conninfo or self.w.conninfo, self.w.connect_kwargs
-                    )
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CANCEL_CHANNEL)))
-                    probe = f"probe:{self.w.worker_id}:{time.monotonic_ns()}"
-                    probe_timer = asyncio.ensure_future(self._probe_listen(probe, listening))
-                    async for note in conn.notifies():
-                        if note.channel == CANCEL_CHANNEL:
-                            if note.payload == probe:
-                                probe_timer.cancel()
-                                self.listen_warning = False
-                                log.info(
-                                    "worker %s listening on %s", self.w.worker_id, NOTIFY_CHANNEL
-                                )
-                                listening.set()
-                                continue
-                            req = parse_cancel_payload(note.payload)
-                            if req is not None and req.is_for(self.w.worker_id, {self.w.queue}):
-                                self._cancel(req.id, req.attempts, CANCEL_MESSAGE)
-                            continue
-                        event = parse_notify_payload(note.payload)
-                        if event is None or event.job_type != self.w.queue:
-                            continue
-                        if len(self.notified) < _MAX_NOTIFIED:
-                            for task_id in event.ids:
-                                self.notified[task_id] = None
-                        else:
-                            # A flood of inserts: a plain poll finds them more cheaply.
-                            self.notified.clear()
-                            self.poll_now = True
-                        self.wake.set()
-                except (ApalisError, psycopg.Error) as exc:
-                    # Polling keeps the worker going meanwhile.
-                    log.error("worker %s: LISTEN connection lost: %s", self.w.worker_id, exc)
-                    listening.set()
-                    if conn is not None:
-                        await conn.close()
-                    await asyncio.sleep(min(self.cfg.max_poll_interval, 5.0))
         finally:
             if conn is not None:
                 await conn.close()

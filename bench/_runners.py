@@ -246,6 +246,39 @@ def ours(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
     return int(getattr(stats, "done", _LAST[0]))
 
 
+def ours_queues(spec: dict[str, Any], wait_go: Callable[[], bool]) -> int:
+    """Several queues (``spec["queues"]`` names) in one process, or one queue per process.
+
+    ``mode``: "routes" (one Worker, one Route per queue), "workers" (one single-queue Worker
+    per queue, run together on one event loop) or "process" (this process serves the
+    queue of its index only).
+    """
+    from apalis_client.worker import Route
+
+    Worker, WorkerConfig = apalis_worker_api()
+    handler = noop_async if spec["handler"] == "async" else noop_sync
+    config, _ = worker_config(WorkerConfig, spec.get("poll_seconds"))
+    url, conc, queues = spec["url"], spec["concurrency"], spec["queues"]
+    if spec["mode"] == "routes":
+        routes = [Route(q, handler, concurrency=conc) for q in queues]
+        workers = [Worker(routes, conninfo=url, config=config)]
+    elif spec["mode"] == "workers":
+        workers = [
+            Worker(q, handler, conninfo=url, concurrency=conc, config=config) for q in queues
+        ]
+    else:
+        q = queues[spec["index"]]
+        workers = [Worker(q, handler, conninfo=url, concurrency=conc, config=config)]
+    if not wait_go():
+        return 0
+
+    async def run_all() -> int:
+        stats = await asyncio.gather(*(w.run_async(until_idle=True) for w in workers))
+        return sum(int(s.done) for s in stats)
+
+    return asyncio.run(run_all())
+
+
 def procrastinate_app(url: str) -> tuple[Any, Any]:
     """A procrastinate App on ``url`` (connector defaults) with the no-op task registered."""
     import procrastinate
@@ -302,6 +335,7 @@ SYSTEMS: dict[str, Callable[[dict[str, Any], Callable[[], bool]], Any]] = {
     "raw": raw_loop,
     "raw_listen": raw_listen,
     "ours": ours,
+    "ours_queues": ours_queues,
     "procrastinate": procrastinate_worker,
     "pgqueuer": pgqueuer_worker,
 }

@@ -1,7 +1,7 @@
 """Observer cost: what the events of one task cost with no observer, stats, stats+Prometheus.
 
 Usage: .venv/bin/python bench/observer_cost.py [--tasks 100000] [--repeat 7]
-       [--worker-rate 5000]
+       [--worker-rate 5000] [--out bench/results/observer_cost.md]
 
 Per task the worker will emit ``claimed`` (one per batch of 10), ``started`` and ``finished``.
 Each round times the three setups back to back on the same fake rows (paired, order rotated
@@ -13,9 +13,13 @@ asks for observer + metrics to cost at most 5 %.
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 from apalis_client.events import Fanout, Observer, StatsObserver, combine
 from apalis_client.metrics import PrometheusObserver
@@ -50,6 +54,9 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--worker-rate", type=float, default=5000.0, help="tasks/s of the Worker")
+    p.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "observer_cost.md"
+    )
     args = p.parse_args()
     rows = [Row(f"T{i:08d}", "q") for i in range(args.tasks)]
     setups: dict[str, Observer | None] = {
@@ -64,18 +71,28 @@ def main() -> None:
             times[name].append(emit(setups[name], rows) / args.tasks * 1e6)
     base = statistics.median(times["none"])
     budget = 1e6 / args.worker_rate
-    print(
-        f"{args.tasks} tasks x {args.repeat} paired rounds; a task takes {budget:.0f} us "
-        f"at {args.worker_rate:g} tasks/s"
-    )
-    print("| observer | us/task median | range | share of a task |")
-    print("|---|---:|---:|---:|")
+    command = " ".join(["bench/observer_cost.py", *sys.argv[1:]])
+    lines = [
+        "# Observer cost",
+        "",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; Python {platform.python_version()}; "
+        f"`{command}`. {args.tasks} tasks x {args.repeat} paired rounds; a task takes "
+        f"{budget:.0f} us at {args.worker_rate:g} tasks/s. The cost column is the median "
+        "minus the median with no observer.",
+        "",
+        "| observer | cost, us/task | us/task range (raw) | share of a task |",
+        "|---|---:|---:|---:|",
+    ]
     for name, values in times.items():
         med = statistics.median(values) - (0 if name == "none" else base)
-        print(
+        lines.append(
             f"| {name} | {med:.2f} | {min(values):.2f}-{max(values):.2f} | "
             f"{(med / budget * 100) if name != 'none' else 0:.2f} % |"
         )
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

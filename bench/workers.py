@@ -1,7 +1,12 @@
 """Worker benchmark: apalis-client's Worker beside a raw psycopg loop, procrastinate and pgqueuer.
 
 Usage: .venv/bin/python bench/workers.py [--tasks 10000] [--repeat 3] [--database-url URL]
-       [--baseline-ref REF]
+       [--baseline-ref REF] [--cases KEY,KEY...]
+
+The multi-queue cases (keys ``queues-*``) spread the tasks over three queues: one Worker
+serving the three (one Route each), three single-queue Workers on one event loop in one
+process, and three processes of one single-queue Worker each; the report adds the first
+against the second, paired run by run. ``--cases queues-routes,queues-workers`` runs just those.
 
 With ``--baseline-ref`` the Worker as it was at that git commit (exported with ``git archive``
 into a temporary folder) runs beside today's, each "before" row right after its "now" row in
@@ -51,6 +56,8 @@ from apalis_codegen.pgfind import scratch_database
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS = Path(__file__).resolve().parent / "results"
 QUEUE = _runners.QUEUE
+# The queues of the multi-queue cases.
+QUEUES = [f"{QUEUE}_{i}" for i in range(3)]
 
 
 class Unavailable(Exception):
@@ -145,6 +152,30 @@ def seed_apalis(url: str, n: int) -> None:
         )
 
 
+def seed_queues(url: str, n: int) -> None:
+    """``n`` tasks spread over QUEUES (the first ones get the remainder)."""
+    from ulid import ULID
+
+    with psycopg.connect(url) as conn:
+        for i, queue in enumerate(QUEUES):
+            k = n // len(QUEUES) + (1 if i < n % len(QUEUES) else 0)
+            conn.execute(
+                SEED_INSERT,
+                {"queue": queue, "jobs": [b"{}"] * k, "ids": [str(ULID()) for _ in range(k)]},
+            )
+
+
+def check_queues(url: str, n: int) -> None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'Done' AND attempts = 1), count(*)"
+            " FROM apalis.jobs WHERE job_type = ANY(%s)",
+            (QUEUES,),
+        ).fetchone()
+    if row != (n, n):
+        raise Unavailable(f"only {row[0] if row else 0} of {n} tasks Done once")
+
+
 def check_apalis(url: str, n: int) -> None:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -217,7 +248,7 @@ class Watcher:
 
     def __init__(self, url: str, system: str) -> None:
         self.url = url
-        self.sql = DONE_SQL["apalis" if system in ("raw", "ours") else system]
+        self.sql = DONE_SQL["apalis" if system in ("raw", "ours", "ours_queues") else system]
         self.seen_done: float | None = None
         self._go = threading.Event()
         self._stop = threading.Event()
@@ -342,6 +373,10 @@ def throughput(server: Server, case: Case, args: argparse.Namespace) -> float:
             migrate_apalis(url)
             seed_apalis(url, n)
             check: Callable[[str, int], None] = check_apalis
+        elif case.system == "ours_queues":
+            migrate_apalis(url)
+            seed_queues(url, n)
+            check = check_queues
         elif case.system == "procrastinate":
             asyncio.run(_seed_procrastinate(url, n))
             check = check_procrastinate
@@ -499,9 +534,38 @@ def throughput_cases(args: argparse.Namespace) -> list[Case]:
             {"concurrency": args.ours_concurrency, "handler": other},
         ),
     ]
-    return with_baselines(
-        [c for c in cases if _selected(c.system, args)], args.baseline_tree, args.baseline_ref
-    )
+    multi = {"concurrency": args.ours_concurrency, "handler": handler, "queues": QUEUES}
+    conc = args.ours_concurrency
+    cases += [
+        Case(
+            "queues-routes",
+            "ours_queues",
+            "apalis-client, 3 queues: one Worker serving all three",
+            f"1 process, Worker([Route × 3]), concurrency {conc} each",
+            1,
+            {**multi, "mode": "routes"},
+        ),
+        Case(
+            "queues-workers",
+            "ours_queues",
+            "apalis-client, 3 queues: three single-queue Workers",
+            f"1 process, 3 Workers on one loop, concurrency {conc} each",
+            1,
+            {**multi, "mode": "workers"},
+        ),
+        Case(
+            "queues-processes",
+            "ours_queues",
+            "apalis-client, 3 queues: three single-queue Workers",
+            f"3 processes, 1 Worker each, concurrency {conc}",
+            3,
+            {**multi, "mode": "process"},
+        ),
+    ]
+    chosen = [c for c in cases if _selected(c.system, args)]
+    if args.cases:
+        chosen = [c for c in chosen if c.key in args.cases]
+    return with_baselines(chosen, args.baseline_tree, args.baseline_ref)
 
 
 def latency_cases(args: argparse.Namespace) -> list[Case]:
@@ -606,13 +670,36 @@ def report(
             ratios = [a / b for a, b in zip(cur.values, old.values, strict=False)]
             med, rng = fmt_range(ratios, 3)
             lines.append(f"| {cur.case.config} | {med} | {rng} | {len(ratios)} |")
-    lines += [
-        "",
-        "## NOTIFY wake-up latency (push COMMIT sent → handler start / notification received, ms)",
-        "",
-        "| receiver | configuration | p50 (median) | p50 range | p99 (median) | p99 range |",
-        "|---|---|---:|---:|---:|---:|",
+    found = {r.case.key: r for r in tp if r.values and r.case.key.startswith("queues-")}
+    routes = found.get("queues-routes")
+    against = [
+        (found.get("queues-workers"), "three single-queue Workers, same process", ">= 0.9"),
+        (found.get("queues-processes"), "three single-queue Worker processes", ""),
     ]
+    if routes and any(other for other, _, _ in against):
+        lines += [
+            "",
+            "## Three queues: one Worker serving all three against three single-queue Workers, "
+            "paired run by run",
+            "",
+            "| one Worker ÷ | median | range | runs | target |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for other, name, target in against:
+            if other is None:
+                continue
+            ratios = [a / b for a, b in zip(routes.values, other.values, strict=False)]
+            med, rng = fmt_range(ratios, 3)
+            lines.append(f"| {name} | {med} | {rng} | {len(ratios)} | {target} |")
+    if lat:
+        lines += [
+            "",
+            "## NOTIFY wake-up latency (push COMMIT sent → handler start / notification "
+            "received, ms)",
+            "",
+            "| receiver | configuration | p50 (median) | p50 range | p99 (median) | p99 range |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
     for p50, p99 in lat:
         if p50.error or not p50.values:
             na = f"n/a (not available: {p50.error or 'not run'})"
@@ -657,7 +744,7 @@ def chart(tp: list[Row], lat: list[tuple[Row, Row]], path: Path) -> None:
     ]
     colors = [
         {"raw": "#999999", "ours": "#d62728", "procrastinate": "#1f77b4", "pgqueuer": "#2ca02c"}[
-            r.case.system
+            r.case.system.split("_")[0]
         ]
         for r in tp
     ]
@@ -712,7 +799,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma list among raw,procrastinate,pgqueuer,ours",
     )
+    p.add_argument(
+        "--cases",
+        type=lambda s: set(s.split(",")),
+        default=None,
+        help="comma list of throughput case keys to run (e.g. queues-routes,queues-workers); "
+        "with it no latency cases run",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--name", default="workers", help="result file names: NAME.md and NAME.png in --out"
+    )
     p.add_argument(
         "--baseline-ref",
         default=None,
@@ -748,13 +845,14 @@ def _main(args: argparse.Namespace) -> int:
     with psycopg.connect(args.database_url) as conn:
         server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
     tp = [Row(c) for c in throughput_cases(args)]
-    lat = [(Row(c), Row(c)) for c in latency_cases(args)]
+    lat = [(Row(c), Row(c)) for c in latency_cases(args)] if not args.cases else []
     for r in [*tp, *(p for p, _ in lat)]:
         r.error = probe(r.case.system)
     for p50, p99 in lat:
         p99.error = p50.error
     for run in range(1, args.repeat + 1):
-        for r in tp:
+        # Every other run in reverse order: no case always goes first (or follows another).
+        for r in tp if run % 2 else tp[::-1]:
             if r.error:
                 continue
             print(
@@ -784,13 +882,14 @@ def _main(args: argparse.Namespace) -> int:
     print()
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "workers.md").write_text(text, encoding="utf-8")
+    md, png = args.out / f"{args.name}.md", args.out / f"{args.name}.png"
+    md.write_text(text, encoding="utf-8")
     try:
-        chart(tp, lat, args.out / "workers.png")
+        chart(tp, lat, png)
     except ImportError as exc:  # matplotlib is a bench extra
-        print(f"wrote {args.out / 'workers.md'} (no plot: {exc})")
+        print(f"wrote {md} (no plot: {exc})")
         return 0
-    print(f"wrote {args.out / 'workers.md'} and {args.out / 'workers.png'}")
+    print(f"wrote {md} and {png}")
     return 0
 
 

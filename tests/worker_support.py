@@ -151,6 +151,8 @@ def spawn_worker(
 ) -> subprocess.Popen[str]:
     """Start ``apalis-client worker`` in a subprocess with this folder importable.
 
+    ``extra`` follows the handler: more ``QUEUE=HANDLER`` routes, then options.
+
     Handlers record their runs through ``record_url`` (default: ``url``).
     """
     env = dict(os.environ)
@@ -164,9 +166,9 @@ def spawn_worker(
             "worker",
             queue,
             handler,
+            *extra,
             "--database-url",
             url,
-            *extra,
         ],
         env=env,
         cwd=REPO,
@@ -371,3 +373,8 @@ CREATE_RUNS = (
     "CREATE TABLE test_runs (n int NOT NULL, pid int NOT NULL, "
     "started float8 NOT NULL, ended float8)"
 )
+
+
+def fail(args: Any) -> None:
+    """Always fail (a failed attempt, retried later)."""
+    raise ValueError(f"refused {args!r}")

@@ -1,4 +1,4 @@
-"""``worker QUEUE module:function``: run a Python worker from the command line."""
+"""``worker QUEUE module:function`` (or ``QUEUE=module:function ...``): run a Python worker."""
 
 from __future__ import annotations
 
@@ -43,10 +43,55 @@ def load_handler(spec: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
+def parse_routes(targets: list[str]) -> list[tuple[str, str]]:
+    """``QUEUE HANDLER`` (one queue) or ``QUEUE=HANDLER ...`` (several), as (queue, handler)."""
+    if targets and all("=" in t for t in targets):
+        pairs = [tuple(t.split("=", 1)) for t in targets]
+        for queue, spec in pairs:
+            if not queue or not spec:
+                raise Failure(f"a route must be QUEUE=module:function, got {queue}={spec}", USAGE)
+        return [(q, h) for q, h in pairs]
+    if len(targets) == 2 and "=" not in targets[0]:
+        return [(targets[0], targets[1])]
+    raise Failure(
+        "give QUEUE module:function for one queue, or QUEUE=module:function for each of "
+        f"several queues; got {' '.join(targets)!r}",
+        USAGE,
+    )
+
+
+def parse_concurrency(values: list[str], queues: list[str]) -> tuple[int, dict[str, int]]:
+    """``--concurrency N`` (every queue) and ``--concurrency QUEUE=N`` (one queue)."""
+    default, per_queue = 1, {}
+    for value in values:
+        queue, sep, number = value.rpartition("=")
+        try:
+            n = int(number)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise Failure(
+                f"--concurrency must be N or QUEUE=N with N a whole number of at least 1, "
+                f"got {value!r}",
+                USAGE,
+            )
+        if not sep:
+            default = n
+        elif queue not in queues:
+            raise Failure(
+                f"--concurrency {value}: queue {queue!r} is not served (serving "
+                f"{', '.join(queues)})",
+                USAGE,
+            )
+        else:
+            per_queue[queue] = n
+    return default, per_queue
+
+
 def _run(args: argparse.Namespace) -> int:
     import logging
 
-    from apalis_client.worker import Worker, WorkerConfig
+    from apalis_client.worker import Route, Worker, WorkerConfig
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -67,18 +112,22 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None
     }
     config = WorkerConfig(listen=not args.no_listen, **overrides)
+    pairs = parse_routes(args.routes)
+    default, per_queue = parse_concurrency(args.concurrency or [], [q for q, _ in pairs])
     try:
+        routes = [Route(q, load_handler(h), concurrency=per_queue.get(q)) for q, h in pairs]
         worker = Worker(
-            args.queue,
-            load_handler(args.handler),
+            routes if len(routes) > 1 else routes[0].name,
+            None if len(routes) > 1 else routes[0].handler,
             conninfo=require_url(args),
-            concurrency=args.concurrency,
+            concurrency=per_queue.get(pairs[0][0], default) if len(routes) == 1 else default,
             worker_id=args.worker_id,
             config=config,
             retry=args.retry_delay,
             timeout=args.timeout,
             connect_kwargs={"prepare_threshold": None} if args.no_prepare else None,
             listen_conninfo=args.listen_database_url,
+            metrics_port=args.metrics_port,
         )
     except TypeError as exc:  # the handler's signature does not fit
         raise Failure(str(exc), USAGE) from exc
@@ -88,6 +137,13 @@ def _run(args: argparse.Namespace) -> int:
         f"{stats.killed} killed, {stats.stale} stale in {stats.seconds:.1f}s",
         flush=True,
     )
+    if len(stats.queues) > 1:
+        for queue, part in stats.queues.items():
+            print(
+                f"  queue {queue}: {part.done} done, {part.failed} failed, {part.killed} killed, "
+                f"{part.stale} stale",
+                flush=True,
+            )
     return LEASE_LOST if stats.lease_lost else OK
 
 
@@ -95,15 +151,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``worker``."""
     p = sub.add_parser(
         "worker",
-        help="run a Python worker for a queue (SIGTERM/SIGINT stop it gracefully)",
-        description="Claim and run the tasks of QUEUE with HANDLER (module:function). "
-        "The first SIGTERM/SIGINT stops claiming, lets in-flight tasks finish and "
-        "deregisters; a second one exits at once. Exit status 3: the lease was taken over.",
+        help="run a Python worker for one or more queues (SIGTERM/SIGINT stop it gracefully)",
+        description="Claim and run the tasks of QUEUE with HANDLER (module:function): "
+        "'worker emails mymod:send'. One process serves several queues, each with its own "
+        "handler, registration and slots, over one LISTEN connection: "
+        "'worker emails=mymod:send reports=mymod:build --concurrency 4 "
+        "--concurrency reports=1'. The first SIGTERM/SIGINT stops claiming, lets in-flight "
+        "tasks finish and deregisters every queue; a second one exits at once. Exit status "
+        "3: a lease was taken over. Give the routes together, the options before or after "
+        "them.",
     )
     add_database_url(p)
-    p.add_argument("queue", help="queue name (apalis job_type)")
-    p.add_argument("handler", help="handler as module:function")
-    p.add_argument("--concurrency", type=int, default=1, help="tasks run at once (default 1)")
+    p.add_argument(
+        "routes",
+        nargs="+",
+        metavar="ROUTE",
+        help="QUEUE HANDLER: one queue (apalis job_type) and its handler as "
+        "module:function; or QUEUE=HANDLER once for each of several queues",
+    )
+    p.add_argument(
+        "--concurrency",
+        action="append",
+        default=None,
+        metavar="N|QUEUE=N",
+        help="tasks run at once: N for every queue (default 1), QUEUE=N for one; repeatable",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs the metrics "
+        "extra); default: none",
+    )
     p.add_argument("--worker-id", default=None, help="worker id (default: py-HOST-PID-N)")
     p.add_argument("--poll-interval", type=float, default=None, help="seconds (default 0.1)")
     p.add_argument("--max-poll-interval", type=float, default=None, help="seconds (default 5)")
