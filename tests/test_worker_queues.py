@@ -238,7 +238,7 @@ def test_a_lost_lease_on_one_queue_stops_every_queue_and_releases_the_others(
 
 
 def test_cancel_reaches_a_running_task_on_the_second_queue(migrated_db: str) -> None:
-    from apalis_client.admin_sync import cancel
+    from apalis_client.admin import cancel
 
     started: list[int] = []
     stopped: list[int] = []
