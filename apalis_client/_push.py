@@ -153,10 +153,15 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 def batch_of_args(queue: str, args: Iterable[Args], codec: Codec[Args]) -> Batch:
     """A batch of tasks with a Rust producer's defaults around each of ``args``."""
-    batch = Batch(limits.check_queue(queue))
+    return batch_of_jobs(limits.check_queue(queue), (codec.encode(value) for value in args))
+
+
+def batch_of_jobs(queue: str, jobs: Iterable[bytes]) -> Batch:
+    """A batch of encoded payloads for checked ``queue``, a Rust producer's defaults around each."""
+    batch = Batch(queue)
     run_at = now_whole_seconds()
-    for value in args:
-        batch.add(codec.encode(value), new_task_id(), run_at, 0, 5, _EMPTY_METADATA, None)
+    for job in jobs:
+        batch.add(job, new_task_id(), run_at, 0, 5, _EMPTY_METADATA, None)
     return batch
 
 

@@ -40,19 +40,23 @@ from apalis_client._push import (
     OPERATION,
     Batch,
     Plan,
-    batch_of_args,
+    batch_of_jobs,
     batch_of_tasks,
     conflict_error,
     plan_for,
 )
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import ApalisError, translate_error
-from apalis_client.task import Task, TaskId
+from apalis_client.limits import check_payload, check_queue
+from apalis_client.task import Task, TaskId, new_task_id, now_whole_seconds
 from apalis_generated import push_async as sql
 
 Args = TypeVar("Args")
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+# Plain ints for the single push's state check: an enum comparison costs more.
+_IDLE, _INTRANS = int(TransactionStatus.IDLE), int(TransactionStatus.INTRANS)
+_PIPELINE_OFF = int(PipelineStatus.OFF)
 
 
 async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> list[TaskId]:
@@ -70,16 +74,58 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         else:
             await _push_many_async(conn, batch, plan)
     except psycopg.Error as exc:
-        error = translate_error(OPERATION, exc)
-        aborted = conn.info.transaction_status == TransactionStatus.INERROR
-        if plan is Plan.IN_TRANSACTION and aborted:
-            error.args = (f"{error}; {ABORTED}",)
-        await _end_own_async(conn, plan)
-        raise error from exc
+        raise await _failed_async(conn, plan, exc) from exc
     except ApalisError:
         await _end_own_async(conn, plan)
         raise
     return batch.ids
+
+
+async def push_job_async(conn: psycopg.AsyncConnection[Any], queue: str, job: bytes) -> TaskId:
+    """Insert one encoded payload for checked ``queue`` with a Rust producer's defaults and a
+    fresh id; returns the id.
+
+    The single push's own path: on a connection outside a pipeline, one ``push_args``
+    statement with four parameters and no batch built; elsewhere a batch of one.
+    """
+    pgconn = conn.pgconn
+    status = pgconn.transaction_status
+    if pgconn.pipeline_status != _PIPELINE_OFF or (status != _INTRANS and status != _IDLE):
+        return (await push_batch_async(conn, batch_of_jobs(queue, (job,))))[0]
+    task_id = new_task_id()
+    try:
+        inserted = await sql.push_args(
+            conn, job=check_payload(job), id=task_id, queue=queue, run_at=now_whole_seconds()
+        )
+        if inserted == 0:
+            # A fresh ULID is taken: as unlikely as it gets, yet said as a conflict would be.
+            batch = batch_of_jobs(queue, (job,))
+            batch.ids[0] = task_id
+            raise conflict_error(batch, await sql.find_conflicts(conn, **batch.lookup()))
+    except psycopg.Error as exc:
+        raise await _failed_async(conn, _plan(status, conn.autocommit), exc) from exc
+    except ApalisError:
+        await _end_own_async(conn, _plan(status, conn.autocommit))
+        raise
+    return task_id
+
+
+def _plan(status: int, autocommit: bool) -> Plan:
+    if status == _INTRANS:
+        return Plan.IN_TRANSACTION
+    return Plan.AUTOCOMMIT if autocommit else Plan.OPENS_TRANSACTION
+
+
+async def _failed_async(
+    conn: psycopg.AsyncConnection[Any], plan: Plan, exc: psycopg.Error
+) -> ApalisError:
+    # The error to raise for a failed INSERT, once a transaction the push opened is ended.
+    error = translate_error(OPERATION, exc)
+    aborted = conn.info.transaction_status == TransactionStatus.INERROR
+    if plan is Plan.IN_TRANSACTION and aborted:
+        error.args = (f"{error}; {ABORTED}",)
+    await _end_own_async(conn, plan)
+    return error
 
 
 async def _push_one_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
@@ -123,7 +169,7 @@ async def push_with_conn_async(
     conn: psycopg.AsyncConnection[Any], queue: str, args: Args, *, codec: Codec[Args] = JSON
 ) -> TaskId:
     """Push one task with a Rust producer's defaults on ``conn``; returns its new id."""
-    return (await push_batch_async(conn, batch_of_args(queue, (args,), codec)))[0]
+    return await push_job_async(conn, check_queue(queue), codec.encode(args))
 
 
 async def push_task_with_conn_async(

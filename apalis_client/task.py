@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from base64 import b32encode
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Generic, NewType, TypeVar
+from typing import Any, Final, Generic, NewType, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 from ulid import ULID
@@ -18,9 +22,45 @@ TaskId = NewType("TaskId", str)
 """A task id: a ULID in its canonical form (26 characters, upper-case Crockford base32)."""
 
 
+# RFC 4648 base32 to Crockford's: the same 5-bit groups, another alphabet.
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
+_RANDOM_BITS: Final = 80
+# The last id's (milliseconds, random part): ids minted in one millisecond count up from a
+# random start, as python-ulid's ULID() does, so a process's ids sort in the order minted.
+_last = (0, 0)
+_lock = threading.Lock()
+
+
+def _forget_last() -> None:
+    global _last
+    _last = (0, 0)  # a forked child draws its own random start rather than count with its parent
+
+
+os.register_at_fork(after_in_child=_forget_last)
+
+
 def new_task_id() -> TaskId:
-    """A fresh ULID task id, as a Rust producer mints one."""
-    return TaskId(str(ULID()))
+    """A fresh ULID task id, as a Rust producer mints one: 48 bits of Unix milliseconds, then
+    80 bits random (counting up within a millisecond), as 26 upper-case Crockford base32 digits.
+    """
+    global _last
+    ms = time.time_ns() // 1_000_000
+    with _lock:
+        last_ms, last_random = _last
+        if ms <= last_ms:  # the same millisecond (or the clock stepped back): count up
+            ms, random = last_ms, last_random + 1
+            if random >> _RANDOM_BITS:
+                ms, random = ms + 1, int.from_bytes(os.urandom(10), "big")
+        else:
+            random = int.from_bytes(os.urandom(10), "big")
+        _last = (ms, random)
+    # 160 bits (32 base32 digits, no padding): 30 zero bits, then the 128-bit ULID, so the
+    # last 26 digits are the ULID's. One C call per step: python-ulid's ULID() costs about a
+    # microsecond more, and a single push spends only a few dozen of its own.
+    value = (ms << _RANDOM_BITS | random).to_bytes(20, "big")
+    return TaskId(b32encode(value)[6:].translate(_CROCKFORD).decode())
 
 
 def check_task_id(value: object) -> TaskId:
@@ -36,9 +76,19 @@ def check_task_id(value: object) -> TaskId:
         raise InvalidArgument(f"task_id {value!r} is not a ULID: {exc}") from exc
 
 
+# The last second's datetime: pushes within one second share one object (datetimes are
+# immutable), which saves building it again and 48 bytes a task in a big batch.
+_second: tuple[int, datetime] = (0, datetime.fromtimestamp(0, timezone.utc))
+
+
 def now_whole_seconds() -> datetime:
     """The current UTC time truncated to whole seconds: a Rust producer's default run_at."""
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    global _second
+    now = int(time.time())
+    second = _second
+    if second[0] != now:
+        second = _second = (now, datetime.fromtimestamp(now, timezone.utc))
+    return second[1]
 
 
 class Task(BaseModel, Generic[Args]):

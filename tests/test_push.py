@@ -239,6 +239,27 @@ def test_duplicate_task_id_in_a_transaction_leaves_it_usable(
     assert query(outbox_db, "SELECT id, job FROM apalis.jobs") == [(taken, b'"first"')]
 
 
+def test_a_fresh_id_found_taken_is_a_duplicate_id_and_leaves_the_transaction_usable(
+    outbox_db: str, open_session: Open, query: Query, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Start the id generator from a known (millisecond, random) pair, so the next fresh id is
+    # known and can be taken first: the single push's INSERT then writes no row.
+    ms, random = int(time.time() * 1000) + 60_000, 41
+    monkeypatch.setattr(apalis_client.task, "_last", (ms, random))
+    taken = str(ULID.from_int(ms << 80 | (random + 1)))
+    with psycopg.connect(outbox_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO apalis.jobs (job, id, job_type) VALUES ('1', %s, 'q')", (taken,))
+    s = open_session(outbox_db)
+    with s.transaction():
+        mark(s, "before", "q")
+        with pytest.raises(DuplicateTaskId) as caught:
+            s.push("q", "second")
+        mark(s, "after", "q")
+    assert caught.value.task_id == taken
+    assert count_business(query, outbox_db, "q") == 2
+    assert count_jobs(query, outbox_db, "q") == 1
+
+
 def test_missing_schema_says_to_migrate_and_aborts_the_callers_transaction(
     empty_db: str, open_session: Open, query: Query
 ) -> None:

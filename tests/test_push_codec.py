@@ -24,6 +24,7 @@ from apalis_client._push import (
 )
 from apalis_client.codec import JSON, to_json
 from apalis_client.errors import DatabaseError, DuplicateTaskId
+from apalis_client.task import new_task_id
 from apalis_generated.models import FindConflictsRow
 
 
@@ -170,6 +171,15 @@ def test_task_defaults_are_a_rust_producers() -> None:
 
 def test_task_ids_differ() -> None:
     assert Task(args=1).task_id != Task(args=1).task_id
+
+
+def test_fresh_ids_are_canonical_ulids_stamped_now_and_increasing() -> None:
+    before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
+    ids = [new_task_id() for _ in range(5000)]  # many share a millisecond
+    after = datetime.now(timezone.utc) + timedelta(milliseconds=1)
+    assert all(str(ULID.from_str(i)) == i for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert before <= ULID.from_str(ids[0]).datetime <= ULID.from_str(ids[-1]).datetime <= after
 
 
 def test_task_id_is_normalized_to_canonical_ulid() -> None:
