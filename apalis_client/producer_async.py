@@ -30,7 +30,7 @@ NOTIFY reaches workers at commit. Never commits or closes a connection you pass.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
@@ -44,6 +44,7 @@ from apalis_client._push import (
     batch_of_tasks,
     conflict_error,
     plan_for,
+    register_arrays,
 )
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import ApalisError, translate_error
@@ -78,7 +79,7 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
     except ApalisError:
         await _end_own_async(conn, plan)
         raise
-    return batch.ids
+    return cast("list[TaskId]", list(batch.ids))
 
 
 async def push_job_async(conn: psycopg.AsyncConnection[Any], queue: str, job: bytes) -> TaskId:
@@ -152,6 +153,7 @@ async def _push_many_async(conn: psycopg.AsyncConnection[Any], batch: Batch, pla
 
 
 async def _insert_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    register_arrays(conn.adapters)
     uniform = batch.uniform()
     if uniform is not None:
         await sql.push_tasks_uniform(conn, **uniform)

@@ -213,6 +213,44 @@ def test_batch_of_tasks_with_their_own_columns_stores_each_as_given(
     assert rows[1][4] == {}
 
 
+def test_a_batch_of_differing_rows_stores_every_column_exactly(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    # The batch's arrays go in PostgreSQL's binary format, written by apalis_client itself:
+    # NULL and non-ASCII keys, an empty payload, microseconds, the epoch, int4's maximum.
+    s = open_session(migrated_db, autocommit=True)
+    given: list[tuple[bytes, str | None, datetime, int, int, dict[str, Any]]] = [
+        (b"", None, datetime(1970, 1, 1, tzinfo=timezone.utc), 2**31 - 1, 1, {}),
+        (
+            b"\x00\xff",
+            "schlüssel-ключ-鍵",
+            datetime(2030, 5, 6, 7, 8, 9, 123456, timezone.utc),
+            0,
+            5,
+            {"é": [1, None]},
+        ),
+        (
+            b'{"a":1}',
+            None,
+            datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc),
+            7,
+            2**31 - 1,
+            {},
+        ),
+    ]
+    tasks = [
+        Task(args=job, idempotency_key=key, run_at=run_at, priority=p, max_attempts=m, metadata=md)
+        for job, key, run_at, p, m, md in given
+    ]
+    ids = s.push_many("q", tasks)
+    rows = query(
+        migrated_db,
+        "SELECT job, idempotency_key, run_at, priority, max_attempts, metadata, id "
+        "FROM apalis.jobs ORDER BY id",
+    )
+    assert rows == [(*g, i) for g, i in zip(given, ids, strict=True)]
+
+
 def test_duplicate_keys_inside_one_batch_are_a_conflict(
     migrated_db: str, open_session: Open, query: Query
 ) -> None:

@@ -225,6 +225,39 @@ def test_typed_task_validates_its_args() -> None:
         Task[Email](args={"to": "x"})  # type: ignore[arg-type]
 
 
+def test_a_task_is_immutable() -> None:
+    task = Task(args=1)
+    with pytest.raises(AttributeError):
+        task.priority = 3  # type: ignore[misc]
+    task.metadata["added"] = 1  # a copy: the task keeps its own
+    assert task.metadata == {}
+
+
+def test_replace_keeps_the_id_unless_changed_and_checks_the_changes() -> None:
+    task = Task(args=1, idempotency_key="k")
+    again = task.replace(idempotency_key="k2", priority=4)
+    assert (again.task_id, again.idempotency_key, again.priority) == (task.task_id, "k2", 4)
+    assert not again.id_given and task.replace(task_id=str(ULID())).id_given
+    with pytest.raises(InvalidArgument, match="priority -1 is out of range"):
+        task.replace(priority=-1)
+    with pytest.raises(InvalidArgument, match="Task has no field 'prio'"):
+        task.replace(prio=4)
+
+
+def test_tasks_built_in_one_second_share_their_defaults_and_keep_no_dict() -> None:
+    # What keeps a list of 100,000 tasks small: slots, and one run_at object per second.
+    tasks = [Task(args=i) for i in range(3)]
+    assert not hasattr(tasks[0], "__dict__")
+    if tasks[0].run_at == tasks[-1].run_at:
+        assert tasks[0].run_at is tasks[-1].run_at
+
+
+def test_tasks_compare_by_their_fields() -> None:
+    tid = str(ULID())
+    assert Task(args=[1], task_id=tid, run_at=0) == Task(args=[1], task_id=tid, run_at=0)
+    assert Task(args=[1], task_id=tid, run_at=0) != Task(args=[2], task_id=tid, run_at=0)
+
+
 # ---- batch logic -------------------------------------------------------------------------------
 
 
