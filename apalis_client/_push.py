@@ -1,5 +1,6 @@
-"""The I/O-free half of a push: a batch's columns, its plan on a connection, its conflict
-error, and what a storage checks before any of it (its queue, the type of its arguments).
+"""The I/O-free half of a push: a batch's columns (and their binary dumpers), its plan on a
+connection, its conflict error, and what a storage checks before any SQL (its queue, the type
+of its arguments).
 
 Shared by the producer and storage modules, sync and async. The statements are the ones in
 ``queries/push.sql``; each takes its parameters as the TypedDict the generator wrote for it,
@@ -116,8 +117,7 @@ class _Int4ArrayDumper(Dumper):
     oid = 1007  # int4[]
 
     def dump(self, obj: Int4Array) -> Buffer:
-        # Sized elements, not length-prefixed items: the caps keep each within int4.
-        out = _array((), len(obj), _INT4_OID)
+        out = _array((), len(obj), _INT4_OID)  # the header; then each value after its size
         for value in obj:
             out += _INT4_SIZE
             out += value.to_bytes(4, "big", signed=True)
@@ -140,7 +140,11 @@ class _TimestamptzArrayDumper(Dumper):
 
 
 def register_arrays(adapters: AdaptersMap) -> None:
-    """Let a connection dump a batch's array columns with the dumpers above."""
+    """Let a connection dump a batch's array columns with the dumpers above.
+
+    Only for these private list types, so nothing else the connection sends changes. With a
+    ``ClientCursor`` (text literals) psycopg finds its own list dumper for them instead.
+    """
     adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
     adapters.register_dumper(TextArray, _TextArrayDumper)
     adapters.register_dumper(KeyArray, _TextArrayDumper)

@@ -251,6 +251,19 @@ def test_a_batch_of_differing_rows_stores_every_column_exactly(
     assert rows == [(*g, i) for g, i in zip(given, ids, strict=True)]
 
 
+def test_a_batch_on_a_connection_binding_parameters_client_side_is_stored_alike(
+    migrated_db: str, query: Query
+) -> None:
+    # A ClientCursor sends text literals: psycopg's own list dumpers take the batch's arrays.
+    tasks = [Task(args=1, idempotency_key="k", priority=2), Task(args=b"x", run_at=0)]
+    with psycopg.connect(migrated_db, autocommit=True, cursor_factory=psycopg.ClientCursor) as c:
+        ids = apalis_client.push_many_with_conn(c, "q", tasks)
+    rows = query(
+        migrated_db, "SELECT id, job, idempotency_key, priority FROM apalis.jobs ORDER BY id"
+    )
+    assert rows == [(ids[0], b"1", "k", 2), (ids[1], b"x", None, 0)]
+
+
 def test_duplicate_keys_inside_one_batch_are_a_conflict(
     migrated_db: str, open_session: Open, query: Query
 ) -> None:
