@@ -255,7 +255,10 @@ def test_a_batch_on_a_connection_binding_parameters_client_side_is_stored_alike(
     migrated_db: str, query: Query
 ) -> None:
     # A ClientCursor sends text literals: psycopg's own list dumpers take the batch's arrays.
-    tasks = [Task(args=1, idempotency_key="k", priority=2), Task(args=b"x", run_at=0)]
+    tasks: list[Task[Any]] = [
+        Task(args=1, idempotency_key="k", priority=2),
+        Task(args=b"x", run_at=0),
+    ]
     with psycopg.connect(migrated_db, autocommit=True, cursor_factory=psycopg.ClientCursor) as c:
         ids = apalis_client.push_many_with_conn(c, "q", tasks)
     rows = query(
