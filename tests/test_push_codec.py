@@ -258,6 +258,16 @@ def test_tasks_compare_by_their_fields() -> None:
     assert Task(args=[1], task_id=tid, run_at=0) != Task(args=[2], task_id=tid, run_at=0)
 
 
+def test_typed_task_of_a_dataclass_validates_its_args() -> None:
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    assert Task[Point](args={"x": 1}).args == Point(x=1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="invalid task"):
+        Task[Point](args={"x": "one"})  # type: ignore[arg-type]
+
+
 # ---- batch logic -------------------------------------------------------------------------------
 
 
