@@ -1,5 +1,6 @@
-"""The I/O-free half of a push: a batch's columns, its plan on a connection, its conflict
-error, and what a storage checks before any of it (its queue, the type of its arguments).
+"""The I/O-free half of a push: a batch's columns (and their binary dumpers), its plan on a
+connection, its conflict error, and what a storage checks before any SQL (its queue, the type
+of its arguments).
 
 Shared by the producer and storage modules, sync and async. The statements are the ones in
 ``queries/push.sql``; each takes its parameters as the TypedDict the generator wrote for it,
@@ -13,10 +14,12 @@ import types
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar, Union, get_args, get_origin
 
-from psycopg.pq import TransactionStatus
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Dumper
+from psycopg.pq import Format, TransactionStatus
 
 from apalis_client import limits
 from apalis_client.codec import Codec, to_json
@@ -48,20 +51,128 @@ ABORTED: Final = (
 )
 
 
+class ByteaArray(list[bytes]):
+    """A ``bytea[]`` column: dumped straight to PostgreSQL's binary array format."""
+
+
+class TextArray(list[str]):
+    """A ``text[]`` column without NULLs: dumped straight to the binary array format."""
+
+
+class KeyArray(list[str | None]):
+    """A ``text[]`` column that may hold NULLs: dumped straight to the binary array format."""
+
+
+class Int4Array(list[int]):
+    """An ``int4[]`` column: dumped straight to the binary array format."""
+
+
+class TimestamptzArray(list[datetime]):
+    """A ``timestamptz[]`` column of aware datetimes: dumped straight to the binary format."""
+
+
+_NULL: Final = b"\xff\xff\xff\xff"  # an element of length -1
+_BYTEA_OID: Final = 17
+_TEXT_OID: Final = 25
+_INT4_OID: Final = 23
+_TIMESTAMPTZ_OID: Final = 1184
+_INT4_SIZE: Final = b"\x00\x00\x00\x04"
+_INT8_SIZE: Final = b"\x00\x00\x00\x08"
+_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def _array(items: Iterable[bytes | None], count: int, element_oid: int) -> bytearray:
+    # One dimension, lower bound 1. One buffer grown in place: psycopg's list dumper keeps two
+    # objects per element until it joins them, tens of MiB at 100,000 rows.
+    out = bytearray(b"\x00\x00\x00\x01\x00\x00\x00\x00")  # ndim 1, has-null patched below
+    out += element_oid.to_bytes(4, "big") + count.to_bytes(4, "big") + b"\x00\x00\x00\x01"
+    for item in items:
+        if item is None:
+            out[7] = 1
+            out += _NULL
+        else:
+            out += len(item).to_bytes(4, "big")
+            out += item
+    return out
+
+
+class _ByteaArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1001  # bytea[]
+
+    def dump(self, obj: ByteaArray) -> Buffer:
+        return _array(obj, len(obj), _BYTEA_OID)
+
+
+class _TextArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: list[str | None]) -> Buffer:
+        encoded = (None if s is None else s.encode("utf-8") for s in obj)
+        return _array(encoded, len(obj), _TEXT_OID)
+
+
+class _Int4ArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1007  # int4[]
+
+    def dump(self, obj: Int4Array) -> Buffer:
+        out = _array((), len(obj), _INT4_OID)  # the header; then each value after its size
+        for value in obj:
+            out += _INT4_SIZE
+            out += value.to_bytes(4, "big", signed=True)
+        return out
+
+
+class _TimestamptzArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1185  # timestamptz[]
+
+    def dump(self, obj: TimestamptzArray) -> Buffer:
+        out = _array((), len(obj), _TIMESTAMPTZ_OID)
+        for when in obj:
+            # Microseconds since 2000-01-01 UTC; run_at is checked aware and in range.
+            delta = when - _PG_EPOCH
+            micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            out += _INT8_SIZE
+            out += micros.to_bytes(8, "big", signed=True)
+        return out
+
+
+def register_arrays(adapters: AdaptersMap) -> None:
+    """Let a connection dump a batch's array columns with the dumpers above.
+
+    Only for these private list types, so nothing else the connection sends changes. With a
+    ``ClientCursor`` (text literals) psycopg finds its own list dumper for them instead.
+    """
+    adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
+    adapters.register_dumper(TextArray, _TextArrayDumper)
+    adapters.register_dumper(KeyArray, _TextArrayDumper)
+    adapters.register_dumper(Int4Array, _Int4ArrayDumper)
+    adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
+
+
+Shared = tuple[datetime, int, int, str]  # run_at, priority, max_attempts, metadata
+
+
 @dataclass(slots=True)
 class Batch:
-    """The columns of one push, row by row, checked against the caps."""
+    """The columns of one push, row by row, checked against the caps.
+
+    run_at, priority, max_attempts and metadata are kept once while every row shares them
+    (the usual batch), and per row only from the first row that differs.
+    """
 
     queue: str
-    jobs: list[bytes] = field(default_factory=list)
-    ids: list[TaskId] = field(default_factory=list)
-    max_attempts: list[int] = field(default_factory=list)
-    run_ats: list[datetime] = field(default_factory=list)
-    priorities: list[int] = field(default_factory=list)
-    metadata: list[str] = field(default_factory=list)
-    idempotency_keys: list[str | None] = field(default_factory=list)
+    jobs: ByteaArray = field(default_factory=ByteaArray)
+    ids: TextArray = field(default_factory=TextArray)
+    idempotency_keys: KeyArray = field(default_factory=KeyArray)
     keys: list[str] = field(default_factory=list)  # the non-NULL ones, in order
     given_ids: bool = False  # whether any id came from the caller rather than a fresh ULID
+    shared: Shared | None = None  # the first row's, while every row has them
+    # Each row's, once one differed: run_ats, priorities, max_attempts, metadata.
+    rows: tuple[TimestamptzArray, Int4Array, Int4Array, TextArray] | None = None
 
     @property
     def may_collide(self) -> bool:
@@ -72,7 +183,7 @@ class Batch:
     def add(
         self,
         job: bytes,
-        task_id: TaskId,
+        task_id: str,
         run_at: datetime,
         priority: int,
         max_attempts: int,
@@ -82,13 +193,56 @@ class Batch:
         """Append one row (its fields already checked; the payload is checked here)."""
         self.jobs.append(limits.check_payload(job))
         self.ids.append(task_id)
-        self.run_ats.append(run_at)
-        self.priorities.append(priority)
-        self.max_attempts.append(max_attempts)
-        self.metadata.append(metadata)
         self.idempotency_keys.append(key)
         if key is not None:
             self.keys.append(key)
+        rows = self.rows
+        if rows is None:
+            shared = self.shared
+            if shared is None:
+                self.shared = (run_at, priority, max_attempts, metadata)
+                return
+            if (
+                run_at == shared[0]
+                and priority == shared[1]
+                and max_attempts == shared[2]
+                and metadata == shared[3]
+            ):
+                return
+            n = len(self.ids) - 1  # the rows before this one, all alike
+            rows = self.rows = (
+                TimestamptzArray([shared[0]] * n),
+                Int4Array([shared[1]] * n),
+                Int4Array([shared[2]] * n),
+                TextArray([shared[3]] * n),
+            )
+        rows[0].append(run_at)
+        rows[1].append(priority)
+        rows[2].append(max_attempts)
+        rows[3].append(metadata)
+
+    @property
+    def run_ats(self) -> TimestamptzArray:
+        """Each row's run_at."""
+        return self.rows[0] if self.rows is not None else TimestamptzArray(self._same(0))
+
+    @property
+    def priorities(self) -> Int4Array:
+        """Each row's priority."""
+        return self.rows[1] if self.rows is not None else Int4Array(self._same(1))
+
+    @property
+    def max_attempts(self) -> Int4Array:
+        """Each row's max_attempts."""
+        return self.rows[2] if self.rows is not None else Int4Array(self._same(2))
+
+    @property
+    def metadata(self) -> TextArray:
+        """Each row's metadata, serialized."""
+        return self.rows[3] if self.rows is not None else TextArray(self._same(3))
+
+    def _same(self, i: int) -> list[Any]:
+        return [self.shared[i]] * len(self.ids) if self.shared is not None else []
 
     def single(self) -> PushTaskParams:
         """``push_task``'s parameters, for a batch of exactly one task."""
@@ -108,7 +262,7 @@ class Batch:
         return {
             "queue": self.queue,
             "jobs": self.jobs,
-            "ids": list(self.ids),
+            "ids": self.ids,
             "max_attempts": self.max_attempts,
             "run_ats": self.run_ats,
             "priorities": self.priorities,
@@ -119,16 +273,9 @@ class Batch:
     def uniform(self) -> PushTasksUniformParams | None:
         """``push_tasks_uniform``'s parameters, or None unless every row shares its run_at,
         priority, max_attempts and metadata."""
-        n = len(self.ids)
-        run_at, priority = self.run_ats[0], self.priorities[0]
-        max_attempts, metadata = self.max_attempts[0], self.metadata[0]
-        if (
-            self.run_ats.count(run_at) != n
-            or self.priorities.count(priority) != n
-            or self.max_attempts.count(max_attempts) != n
-            or self.metadata.count(metadata) != n
-        ):
+        if self.rows is not None or self.shared is None:
             return None
+        run_at, priority, max_attempts, metadata = self.shared
         return {
             "queue": self.queue,
             "max_attempts": max_attempts,
@@ -136,13 +283,13 @@ class Batch:
             "priority": priority,
             "metadata": metadata,
             "jobs": self.jobs,
-            "ids": list(self.ids),
+            "ids": self.ids,
             "idempotency_keys": self.idempotency_keys,
         }
 
     def lookup(self) -> FindConflictsParams:
         """``find_conflicts``' parameters, after the INSERT collided."""
-        return {"ids": list(self.ids), "queue": self.queue, "keys": self.keys}
+        return {"ids": self.ids, "queue": self.queue, "keys": self.keys}
 
 
 def metadata_json(metadata: dict[str, Any]) -> str:
@@ -154,10 +301,15 @@ def metadata_json(metadata: dict[str, Any]) -> str:
 
 def batch_of_args(queue: str, args: Iterable[Args], codec: Codec[Args]) -> Batch:
     """A batch of tasks with a Rust producer's defaults around each of ``args``."""
-    batch = Batch(limits.check_queue(queue))
+    return batch_of_jobs(limits.check_queue(queue), (codec.encode(value) for value in args))
+
+
+def batch_of_jobs(queue: str, jobs: Iterable[bytes]) -> Batch:
+    """A batch of encoded payloads for checked ``queue``, a Rust producer's defaults around each."""
+    batch = Batch(queue)
     run_at = now_whole_seconds()
-    for value in args:
-        batch.add(codec.encode(value), new_task_id(), run_at, 0, 5, _EMPTY_METADATA, None)
+    for job in jobs:
+        batch.add(job, new_task_id(), run_at, 0, 5, _EMPTY_METADATA, None)
     return batch
 
 
@@ -179,7 +331,7 @@ def batch_of_tasks(queue: str, tasks: Iterable[Task[Args]], codec: Codec[Args]) 
             metadata_json(task.metadata),
             task.idempotency_key,
         )
-        if "task_id" in task.model_fields_set:
+        if task.id_given:
             batch.given_ids = True
     if len(set(batch.ids)) != len(batch.ids):
         dup = next(i for i, n in Counter(batch.ids).items() if n > 1)

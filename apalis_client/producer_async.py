@@ -30,7 +30,7 @@ NOTIFY reaches workers at commit. Never commits or closes a connection you pass.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
@@ -40,19 +40,24 @@ from apalis_client._push import (
     OPERATION,
     Batch,
     Plan,
-    batch_of_args,
+    batch_of_jobs,
     batch_of_tasks,
     conflict_error,
     plan_for,
+    register_arrays,
 )
 from apalis_client.codec import JSON, Codec
 from apalis_client.errors import ApalisError, cleanup_after, translate_error
-from apalis_client.task import Task, TaskId
+from apalis_client.limits import check_payload, check_queue
+from apalis_client.task import Task, TaskId, new_task_id, now_whole_seconds
 from apalis_generated import push_async as sql
 
 Args = TypeVar("Args")
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+# Plain ints for the single push's state check: an enum comparison costs more.
+_IDLE, _INTRANS = int(TransactionStatus.IDLE), int(TransactionStatus.INTRANS)
+_PIPELINE_OFF = int(PipelineStatus.OFF)
 
 
 async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> list[TaskId]:
@@ -74,20 +79,63 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
         else:
             await _push_many_async(conn, batch, plan)
     except psycopg.Error as exc:
-        # An autocommit INSERT commits as it runs: a connection lost before its reply may
-        # have committed it. In a transaction nothing commits before the caller's COMMIT.
-        error = translate_error(OPERATION, exc, may_have_committed=plan is Plan.AUTOCOMMIT)
-        aborted = conn.info.transaction_status == TransactionStatus.INERROR
-        if plan is Plan.IN_TRANSACTION and aborted:
-            error.args = (f"{error}; {ABORTED}",)
-        with cleanup_after(error, "rolling back the push's own transaction"):
-            await _end_own_async(conn, plan)
-        raise error from exc
+        raise await _failed_async(conn, plan, exc) from exc
     except ApalisError as error:
         with cleanup_after(error, "rolling back the push's own transaction"):
             await _end_own_async(conn, plan)
         raise
-    return batch.ids
+    return cast("list[TaskId]", list(batch.ids))
+
+
+async def push_job_async(conn: psycopg.AsyncConnection[Any], queue: str, job: bytes) -> TaskId:
+    """Insert one encoded payload for checked ``queue`` with a Rust producer's defaults and a
+    fresh id; returns the id.
+
+    The single push's own path: on a connection outside a pipeline, one ``push_args``
+    statement with four parameters and no batch built; elsewhere a batch of one.
+    """
+    pgconn = conn.pgconn
+    status = pgconn.transaction_status
+    if pgconn.pipeline_status != _PIPELINE_OFF or (status != _INTRANS and status != _IDLE):
+        return (await push_batch_async(conn, batch_of_jobs(queue, (job,))))[0]
+    task_id = new_task_id()
+    try:
+        inserted = await sql.push_args(
+            conn, job=check_payload(job), id=task_id, queue=queue, run_at=now_whole_seconds()
+        )
+        if inserted == 0:
+            # A fresh ULID is taken: as unlikely as it gets, yet said as a conflict would be.
+            batch = batch_of_jobs(queue, (job,))
+            batch.ids[0] = task_id
+            raise conflict_error(batch, await sql.find_conflicts(conn, **batch.lookup()))
+    except psycopg.Error as exc:
+        raise await _failed_async(conn, _plan(status, conn.autocommit), exc) from exc
+    except ApalisError as error:
+        with cleanup_after(error, "rolling back the push's own transaction"):
+            await _end_own_async(conn, _plan(status, conn.autocommit))
+        raise
+    return task_id
+
+
+def _plan(status: int, autocommit: bool) -> Plan:
+    if status == _INTRANS:
+        return Plan.IN_TRANSACTION
+    return Plan.AUTOCOMMIT if autocommit else Plan.OPENS_TRANSACTION
+
+
+async def _failed_async(
+    conn: psycopg.AsyncConnection[Any], plan: Plan, exc: psycopg.Error
+) -> ApalisError:
+    # The error to raise for a failed INSERT, once a transaction the push opened is ended.
+    # An autocommit INSERT commits as it runs: a connection lost before its reply may have
+    # committed it. In a transaction nothing commits before the caller's COMMIT.
+    error = translate_error(OPERATION, exc, may_have_committed=plan is Plan.AUTOCOMMIT)
+    aborted = conn.info.transaction_status == TransactionStatus.INERROR
+    if plan is Plan.IN_TRANSACTION and aborted:
+        error.args = (f"{error}; {ABORTED}",)
+    with cleanup_after(error, "rolling back the push's own transaction"):
+        await _end_own_async(conn, plan)
+    return error
 
 
 async def _push_one_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
@@ -114,6 +162,7 @@ async def _push_many_async(conn: psycopg.AsyncConnection[Any], batch: Batch, pla
 
 
 async def _insert_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    register_arrays(conn.adapters)
     uniform = batch.uniform()
     if uniform is not None:
         await sql.push_tasks_uniform(conn, **uniform)
@@ -131,7 +180,7 @@ async def push_with_conn_async(
     conn: psycopg.AsyncConnection[Any], queue: str, args: Args, *, codec: Codec[Args] = JSON
 ) -> TaskId:
     """Push one task with a Rust producer's defaults on ``conn``; returns its new id."""
-    return (await push_batch_async(conn, batch_of_args(queue, (args,), codec)))[0]
+    return await push_job_async(conn, check_queue(queue), codec.encode(args))
 
 
 async def push_task_with_conn_async(

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from apalis_client._push import Batch, QueueConfig, StorageBase
 from apalis_client.codec import JSON, Codec
-from apalis_client.producer_async import push_batch_async
+from apalis_client.producer_async import push_batch_async, push_job_async
 from apalis_client.task import Task, TaskId
 
 __all__ = ["AsyncPostgresStorage", "QueueConfig"]
@@ -50,7 +50,7 @@ class AsyncPostgresStorage(StorageBase[Args]):
 
     async def push_with_conn(self, conn: psycopg.AsyncConnection[Any], args: Args) -> TaskId:
         """Push ``args`` with a Rust producer's defaults; returns the new task id."""
-        return (await push_batch_async(conn, self._args(args)))[0]
+        return await push_job_async(conn, self._queue, self._codec.encode(self._checked(args)))
 
     async def push_task_with_conn(
         self, conn: psycopg.AsyncConnection[Any], task: Task[Args]

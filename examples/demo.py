@@ -98,7 +98,7 @@ def outbox(conn: psycopg.Connection[object], run: str) -> None:
         )
         receipts.push_task_with_conn(conn, first)
         try:
-            receipts.push_task_with_conn(conn, first.model_copy(update={"task_id": str(ULID())}))
+            receipts.push_task_with_conn(conn, first.replace(task_id=str(ULID())))
         except IdempotencyConflict as exc:
             print(f"3. idempotency conflict handled: {exc.keys} already queued; the order commits")
 

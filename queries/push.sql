@@ -14,6 +14,17 @@ VALUES (
 )
 ON CONFLICT DO NOTHING;
 
+-- name: push_args :execrows
+-- push_task for the common single push: a fresh id, a Rust producer's defaults (max_attempts
+-- 5, priority 0, metadata {}, no key) written as constants, so only the payload, id, queue
+-- and run_at travel. Returns 1, or 0 if the id is taken (ON CONFLICT DO NOTHING, as
+-- push_task: the caller's transaction stays usable).
+INSERT INTO apalis.jobs (
+    job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata
+)
+VALUES (@job, @id, @queue, 'Pending', 0, 5, @run_at, 0, '{}'::jsonb)
+ON CONFLICT DO NOTHING;
+
 -- name: push_tasks :execrows
 -- Insert a batch of Pending tasks in one statement, each with its own columns: all or
 -- nothing. No ON CONFLICT: a row colliding on its id or its queue's idempotency key raises

@@ -340,6 +340,24 @@ def test_push_task_inserts_one_pending_row_and_counts_it(flavor: Flavor, migrate
     assert job.metadata == {"n": 7}
 
 
+def test_push_args_writes_a_rust_producers_defaults_and_counts_zero_for_a_taken_id(
+    flavor: Flavor, migrated_db: str
+) -> None:
+    run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    args = {"job": b"[1]", "id": "NEW", "queue": Q, "run_at": run_at}
+    assert call(flavor, "push", "push_args", migrated_db, **args) == 1
+    job = find(migrated_db, "NEW")
+    assert (job.status, job.attempts, job.max_attempts, job.priority, job.metadata) == (
+        "Pending",
+        0,
+        5,
+        0,
+        {},
+    )
+    assert (job.run_at, job.idempotency_key, job.job) == (run_at, None, b"[1]")
+    assert call(flavor, "push", "push_args", migrated_db, **args) == 0
+
+
 def test_push_task_with_a_colliding_key_counts_zero_and_inserts_nothing(
     flavor: Flavor, migrated_db: str
 ) -> None:

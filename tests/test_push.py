@@ -213,6 +213,60 @@ def test_batch_of_tasks_with_their_own_columns_stores_each_as_given(
     assert rows[1][4] == {}
 
 
+def test_a_batch_of_differing_rows_stores_every_column_exactly(
+    migrated_db: str, open_session: Open, query: Query
+) -> None:
+    # The batch's arrays go in PostgreSQL's binary format, written by apalis_client itself:
+    # NULL and non-ASCII keys, an empty payload, microseconds, the epoch, int4's maximum.
+    s = open_session(migrated_db, autocommit=True)
+    given: list[tuple[bytes, str | None, datetime, int, int, dict[str, Any]]] = [
+        (b"", None, datetime(1970, 1, 1, tzinfo=timezone.utc), 2**31 - 1, 1, {}),
+        (
+            b"\x00\xff",
+            "schlüssel-ключ-鍵",
+            datetime(2030, 5, 6, 7, 8, 9, 123456, timezone.utc),
+            0,
+            5,
+            {"é": [1, None]},
+        ),
+        (
+            b'{"a":1}',
+            None,
+            datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc),
+            7,
+            2**31 - 1,
+            {},
+        ),
+    ]
+    tasks = [
+        Task(args=job, idempotency_key=key, run_at=run_at, priority=p, max_attempts=m, metadata=md)
+        for job, key, run_at, p, m, md in given
+    ]
+    ids = s.push_many("q", tasks)
+    rows = query(
+        migrated_db,
+        "SELECT job, idempotency_key, run_at, priority, max_attempts, metadata, id "
+        "FROM apalis.jobs ORDER BY id",
+    )
+    assert rows == [(*g, i) for g, i in zip(given, ids, strict=True)]
+
+
+def test_a_batch_on_a_connection_binding_parameters_client_side_is_stored_alike(
+    migrated_db: str, query: Query
+) -> None:
+    # A ClientCursor sends text literals: psycopg's own list dumpers take the batch's arrays.
+    tasks: list[Task[Any]] = [
+        Task(args=1, idempotency_key="k", priority=2),
+        Task(args=b"x", run_at=0),
+    ]
+    with psycopg.connect(migrated_db, autocommit=True, cursor_factory=psycopg.ClientCursor) as c:
+        ids = apalis_client.push_many_with_conn(c, "q", tasks)
+    rows = query(
+        migrated_db, "SELECT id, job, idempotency_key, priority FROM apalis.jobs ORDER BY id"
+    )
+    assert rows == [(ids[0], b"1", "k", 2), (ids[1], b"x", None, 0)]
+
+
 def test_duplicate_keys_inside_one_batch_are_a_conflict(
     migrated_db: str, open_session: Open, query: Query
 ) -> None:
@@ -237,6 +291,27 @@ def test_duplicate_task_id_in_a_transaction_leaves_it_usable(
     assert caught.value.task_id == taken
     assert count_business(query, outbox_db, "q") == 2
     assert query(outbox_db, "SELECT id, job FROM apalis.jobs") == [(taken, b'"first"')]
+
+
+def test_a_fresh_id_found_taken_is_a_duplicate_id_and_leaves_the_transaction_usable(
+    outbox_db: str, open_session: Open, query: Query, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Start the id generator from a known (millisecond, random) pair, so the next fresh id is
+    # known and can be taken first: the single push's INSERT then writes no row.
+    ms, random = int(time.time() * 1000) + 60_000, 41
+    monkeypatch.setattr(apalis_client.task, "_last", (ms, random))
+    taken = str(ULID.from_int(ms << 80 | (random + 1)))
+    with psycopg.connect(outbox_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO apalis.jobs (job, id, job_type) VALUES ('1', %s, 'q')", (taken,))
+    s = open_session(outbox_db)
+    with s.transaction():
+        mark(s, "before", "q")
+        with pytest.raises(DuplicateTaskId) as caught:
+            s.push("q", "second")
+        mark(s, "after", "q")
+    assert caught.value.task_id == taken
+    assert count_business(query, outbox_db, "q") == 2
+    assert count_jobs(query, outbox_db, "q") == 1
 
 
 def test_missing_schema_says_to_migrate_and_aborts_the_callers_transaction(

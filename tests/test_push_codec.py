@@ -24,6 +24,7 @@ from apalis_client._push import (
 )
 from apalis_client.codec import JSON, to_json
 from apalis_client.errors import ConnectionFailed, DatabaseError, DuplicateTaskId
+from apalis_client.task import new_task_id
 from apalis_generated.models import FindConflictsRow
 
 
@@ -172,6 +173,15 @@ def test_task_ids_differ() -> None:
     assert Task(args=1).task_id != Task(args=1).task_id
 
 
+def test_fresh_ids_are_canonical_ulids_stamped_now_and_increasing() -> None:
+    before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
+    ids = [new_task_id() for _ in range(5000)]  # many share a millisecond
+    after = datetime.now(timezone.utc) + timedelta(milliseconds=1)
+    assert all(str(ULID.from_str(i)) == i for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert before <= ULID.from_str(ids[0]).datetime <= ULID.from_str(ids[-1]).datetime <= after
+
+
 def test_task_id_is_normalized_to_canonical_ulid() -> None:
     u = ULID()
     assert Task(args=1, task_id=str(u).lower()).task_id == str(u)
@@ -213,6 +223,49 @@ def test_typed_task_validates_its_args() -> None:
     assert Task[Email](args=loose).args == Email(to="x", retriesLeft=1)
     with pytest.raises(InvalidArgument, match="invalid task"):
         Task[Email](args={"to": "x"})  # type: ignore[arg-type]
+
+
+def test_a_task_is_immutable() -> None:
+    task = Task(args=1)
+    with pytest.raises(AttributeError):
+        task.priority = 3  # type: ignore[misc]
+    task.metadata["added"] = 1  # a copy: the task keeps its own
+    assert task.metadata == {}
+
+
+def test_replace_keeps_the_id_unless_changed_and_checks_the_changes() -> None:
+    task = Task(args=1, idempotency_key="k")
+    again = task.replace(idempotency_key="k2", priority=4)
+    assert (again.task_id, again.idempotency_key, again.priority) == (task.task_id, "k2", 4)
+    assert not again.id_given and task.replace(task_id=str(ULID())).id_given
+    with pytest.raises(InvalidArgument, match="priority -1 is out of range"):
+        task.replace(priority=-1)
+    with pytest.raises(InvalidArgument, match="Task has no field 'prio'"):
+        task.replace(prio=4)
+
+
+def test_tasks_built_in_one_second_share_their_defaults_and_keep_no_dict() -> None:
+    # What keeps a list of 100,000 tasks small: slots, and one run_at object per second.
+    tasks = [Task(args=i) for i in range(3)]
+    assert not hasattr(tasks[0], "__dict__")
+    if tasks[0].run_at == tasks[-1].run_at:
+        assert tasks[0].run_at is tasks[-1].run_at
+
+
+def test_tasks_compare_by_their_fields() -> None:
+    tid = str(ULID())
+    assert Task(args=[1], task_id=tid, run_at=0) == Task(args=[1], task_id=tid, run_at=0)
+    assert Task(args=[1], task_id=tid, run_at=0) != Task(args=[2], task_id=tid, run_at=0)
+
+
+def test_typed_task_of_a_dataclass_validates_its_args() -> None:
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    assert Task[Point](args={"x": 1}).args == Point(x=1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="invalid task"):
+        Task[Point](args={"x": "one"})  # type: ignore[arg-type]
 
 
 # ---- batch logic -------------------------------------------------------------------------------
