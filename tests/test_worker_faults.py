@@ -78,17 +78,21 @@ def test_a_worker_sigkilled_and_restarted_under_its_id_runs_each_task_once_more(
 
 def push_with_id(url: str, queue: str, task_id: str, payload: Any) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        push_tasks(
-            conn,
-            queue=queue,
-            jobs=[json.dumps(payload).encode()],
-            ids=[task_id],
-            max_attempts=[5],
-            run_ats=[datetime.now(timezone.utc)],
-            priorities=[0],
-            metadata=["{}"],
-            idempotency_keys=[None],
-        )
+        push_on(conn, queue, task_id, payload)
+
+
+def push_on(conn: psycopg.Connection[Any], queue: str, task_id: str, payload: Any) -> None:
+    push_tasks(
+        conn,
+        queue=queue,
+        jobs=[json.dumps(payload).encode()],
+        ids=[task_id],
+        max_attempts=[5],
+        run_ats=[datetime.now(timezone.utc)],
+        priorities=[0],
+        metadata=["{}"],
+        idempotency_keys=[None],
+    )
 
 
 @pytest.mark.parametrize("kind", ["thread", "async"])
@@ -325,8 +329,12 @@ def test_a_30s_outage_reruns_nothing_and_a_dead_workers_task_comes_back_in_2x_th
         # A worker that dies just before the outage, holding one short task.
         with psycopg.connect(runs_db, autocommit=True) as conn:
             ghost = ops.register_worker(conn, "out", "ghost", orphan_threshold=threshold)
-            (short,) = push(runs_db, "out", [{"n": 99, "seconds": 0.1}])
-            assert ops.lock_task(conn, ghost, short) is not None
+            # Pushed and locked in one transaction: the live workers have free slots and
+            # would otherwise claim the short task between its commit and the ghost's lock.
+            short = str(ULID())
+            with conn.transaction():
+                push_on(conn, "out", short, {"n": 99, "seconds": 0.1})
+                assert ops.lock_task(conn, ghost, short) is not None
         proxy.down()
         time.sleep(30)
         proxy.up()
