@@ -25,8 +25,9 @@ def autovacuum_statement() -> str:
 async def tune_autovacuum_async(conn: psycopg.AsyncConnection[Any]) -> None:
     """Make autovacuum keep ``apalis.jobs`` free of dead rows whatever its size.
 
-    Vacuums after 10,000 changed rows instead of 20% of the table, unthrottled (see
-    ``schema/tuning/autovacuum.sql``). Needs ownership of the table (the migrator's role).
+    Vacuums after 10,000 changed rows instead of 20% of the table, unthrottled, its indexes
+    included every time (see ``schema/tuning/autovacuum.sql``). Needs ownership of the table
+    (the migrator's role).
     Takes a SHARE UPDATE EXCLUSIVE lock for an instant; claims and pushes go on.
     Never commits a transaction you hold open: inside one, it is part of it.
     """

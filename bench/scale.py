@@ -12,6 +12,10 @@ both (the order alternating by round): ``--tasks`` tasks pushed untimed, then a 
 of 10 are timed. The ratio history/control of the same round is the paired figure.
 Purge (``admin.vacuum``) and prune (``admin.prune_workers`` of ``--workers`` stale rows)
 report rows/s. ``--explain`` prints EXPLAIN (ANALYZE, BUFFERS) of the claim at each stage.
+With ``--churn``, each size is also measured vacuumed with jobs_dequeue_idx as the bulk load
+left it, then with that index compacted (REINDEX) and after a churn under tuned and under
+default autovacuum. Per stage, the entries read from each index of the history database
+show which index the claims walked.
 Output: a markdown table on stdout and in bench/results/scale.md, a plot in scale.png.
 """
 
@@ -62,13 +66,27 @@ RESET_AUTOVACUUM = """
 ALTER TABLE apalis.jobs RESET (
     autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,
     autovacuum_vacuum_insert_scale_factor, autovacuum_vacuum_insert_threshold,
-    autovacuum_analyze_scale_factor, autovacuum_analyze_threshold, autovacuum_vacuum_cost_delay
+    autovacuum_analyze_scale_factor, autovacuum_analyze_threshold, autovacuum_vacuum_cost_delay,
+    vacuum_index_cleanup
 )
 """
 STALE_WORKERS = """
 INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
 SELECT 'stale-' || i, %(queue)s, 'PostgresStorage', now() - interval '1 day'
   FROM generate_series(1, %(n)s) AS i
+"""
+# The bulk load leaves jobs_dequeue_idx at the size of its largest backlog (VACUUM frees its
+# pages for reuse, never returns them): with few live entries on many pages the planner prices
+# the index far above a scan of jobs_list_all_idx plus a sort, and claims read every claimable
+# row. A queue that ran its history through workers never grew the index like that.
+COMPACT_DEQUEUE = "REINDEX INDEX CONCURRENTLY apalis.jobs_dequeue_idx"
+VACUUM_RUNNING = """
+SELECT count(*) FROM pg_stat_progress_vacuum
+ WHERE datname = current_database() AND relid = 'apalis.jobs'::regclass
+"""
+INDEX_READS = """
+SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes
+ WHERE schemaname = 'apalis' AND relname = 'jobs'
 """
 TABLE_STATS = """
 SELECT n_live_tup, n_dead_tup, pg_total_relation_size('apalis.jobs') AS bytes,
@@ -87,6 +105,7 @@ class Stage:
     lat_ctl: list[float] = field(default_factory=list)
     table: dict[str, Any] = field(default_factory=dict)
     settle: float | None = None  # seconds given to autovacuum after the churn
+    reads: dict[str, tuple[int, int]] = field(default_factory=dict)  # index: (scans, tuples)
 
     def ratios(self) -> list[float]:
         return [h / c for h, c in zip(self.tp_hist, self.tp_ctl, strict=True)]
@@ -201,18 +220,41 @@ def churn_and_settle(url: str, rows: int, prefix: str, wait: float | None, limit
     seconds) and return how long that took; else wait ``wait`` seconds.
     """
     grow_history(url, 0, rows, prefix)
-    # Counted after the churn: a vacuum that started while it was being written (past the
-    # tuned threshold of 10,000 rows) does not clean what came after.
-    before = autovacuums(url)
-    started = time.perf_counter()
     if wait is not None:
         time.sleep(wait)
         return wait
+    return settle(url, rows // 10, limit)
+
+
+def settle(url: str, dead: int, limit: float) -> float:
+    """Seconds until an autovacuum counted from now has finished, none is running and at
+    most ``dead`` dead rows are left (at most ``limit``).
+
+    Counted from now: a vacuum that started while the rows were being written (past the tuned
+    threshold of 10,000) does not clean what came after.
+    """
+    before = autovacuums(url)
+    started = time.perf_counter()
     while time.perf_counter() - started < limit and (
-        autovacuums(url) == before or table_stats(url).get("dead", 0) > rows // 10
+        autovacuums(url) == before or table_stats(url).get("dead", 0) > dead or vacuum_running(url)
     ):
         time.sleep(1.0)
     return time.perf_counter() - started
+
+
+def vacuum_running(url: str) -> bool:
+    """Whether a vacuum of apalis.jobs is under way (a measurement would share the CPU)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(VACUUM_RUNNING).fetchone()
+    return bool(row and row[0])
+
+
+def index_reads(url: str) -> dict[str, tuple[int, int]]:
+    """Scans and index entries read so far, per index of apalis.jobs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_stat_force_next_flush()")
+        return {r[0]: (r[1], r[2]) for r in conn.execute(INDEX_READS)}
 
 
 def table_stats(url: str) -> dict[str, Any]:
@@ -226,7 +268,13 @@ def table_stats(url: str) -> dict[str, Any]:
 
 
 def measure(stage: Stage, hist: str, ctl: str, args: argparse.Namespace) -> None:
+    # The control holds the rows of every earlier round, which autovacuum's next ANALYZE
+    # would see; without it the planner may read a worker's whole history in each ack.
+    for url in (ctl, hist) if stage.history == 0 else (ctl,):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE apalis.jobs")
     stage.table = table_stats(hist)
+    reads = index_reads(hist)
     for r in range(args.repeat):
         order = [(hist, True), (ctl, False)] if r % 2 == 0 else [(ctl, False), (hist, True)]
         for url, is_hist in order:
@@ -240,6 +288,15 @@ def measure(stage: Stage, hist: str, ctl: str, args: argparse.Namespace) -> None
             file=sys.stderr,
             flush=True,
         )
+    time.sleep(0.6)  # the statistics of the last backend reach shared memory
+    after = index_reads(hist)
+    stage.reads = {
+        name: (
+            after[name][0] - reads.get(name, (0, 0))[0],
+            after[name][1] - reads.get(name, (0, 0))[1],
+        )
+        for name in after
+    }
     if args.explain:
         print(f"\nEXPLAIN of the claim, {stage.name}:\n{explain_claim(hist)}\n", flush=True)
 
@@ -267,10 +324,20 @@ def report(
     for s in stages:
         t = s.table
         rows = f"{t.get('live', 0):,} / {t.get('dead', 0):,}" if t else "-"
-        name = s.name if s.settle is None else f"{s.name} ({s.settle:.0f} s after the churn)"
+        name = s.name if s.settle is None else f"{s.name} ({s.settle:.0f} s after)"
         lines.append(
             f"| {name} | {rows} | {rng(s.tp_hist)} | {rng(s.tp_ctl)} | {rng(s.ratios(), 2)} "
             f"| {rng(s.lat_hist, 2)} | {rng(s.lat_ctl, 2)} | {rng(s.lat_ratios(), 2)} |"
+        )
+    lines += [
+        "",
+        "Index entries read in the history database per stage (top 3; scans, entries):",
+        "",
+    ]
+    for s in stages:
+        top = sorted(s.reads.items(), key=lambda kv: -kv[1][1])[:3]
+        lines.append(
+            f"- {s.name}: " + ", ".join(f"{n} {sc:,} scans, {tu:,} entries" for n, (sc, tu) in top)
         )
     lines += [
         "",
@@ -416,11 +483,17 @@ def main(argv: list[str] | None = None) -> int:
                 stages.append(stage)
             if not args.churn or not size:
                 continue
-            # Settled history (vacuumed, as autovacuum eventually leaves it), then a day's
-            # churn: tuned autovacuum first, timing how long it takes to catch up; then the
-            # default settings, given the same time.
+            # Settled history (vacuumed, as autovacuum eventually leaves it), measured with
+            # jobs_dequeue_idx as the load left it, then compacted; then a day's churn: tuned
+            # autovacuum first, timing how long it takes to catch up; then the default
+            # settings, given the same time.
             with psycopg.connect(hist, autocommit=True) as conn:
                 conn.execute("VACUUM (ANALYZE) apalis.jobs")
+            settled = Stage(f"{label(size)}, vacuumed, dequeue index as loaded", size)
+            measure(settled, hist, ctl, args)
+            stages.append(settled)
+            with psycopg.connect(hist, autocommit=True) as conn:
+                conn.execute(COMPACT_DEQUEUE)
                 tune_autovacuum(conn)
             took = churn_and_settle(hist, args.churn, next(prefixes), None, args.settle_limit)
             tuned = Stage(f"{label(size)} + {args.churn // 1000}k churn, autovacuum tuned", size)
@@ -438,9 +511,13 @@ def main(argv: list[str] | None = None) -> int:
             measure(default, hist, ctl, args)
             stages.append(default)
         with psycopg.connect(hist, autocommit=True) as conn:
+            tune_autovacuum(conn)
             done = admin.vacuum(conn, QUEUE)
         purge = (done.deleted, done.seconds)
-        after = Stage("after purge", 0)
+        # Measured once autovacuum (tuned) has cleaned up after the purge: right after it, a
+        # vacuum of millions of deleted rows shares the CPU with the measurement.
+        after = Stage("after purge, autovacuum tuned", 0)
+        after.settle = settle(hist, 10_000, args.settle_limit)
         measure(after, hist, ctl, args)
         stages.append(after)
         with psycopg.connect(hist, autocommit=True) as conn:

@@ -23,6 +23,7 @@ TUNED = {
     "autovacuum_analyze_scale_factor=0",
     "autovacuum_analyze_threshold=10000",
     "autovacuum_vacuum_cost_delay=0",
+    "vacuum_index_cleanup=on",
 }
 
 
