@@ -607,6 +607,7 @@ class _Run:
     async def _listen_loop(self, listening: asyncio.Event) -> None:
         """One LISTEN connection for every lane: inserts wake the lane of their queue."""
         conn: psycopg.AsyncConnection[Any] | None = None
+        probe_timer: asyncio.Future[None] | None = None
         queues = set(self.by_queue)
         try:
             while True:
@@ -641,11 +642,16 @@ class _Run:
                 except (ApalisError, psycopg.Error) as exc:
                     # Polling keeps the worker going meanwhile.
                     log.error("worker %s: LISTEN connection lost: %s", self.w.worker_id, exc)
+                    if probe_timer is not None:
+                        # Its probe died with the connection: no pooler warning for that.
+                        probe_timer.cancel()
                     listening.set()
                     if conn is not None:
                         await conn.close()
                     await asyncio.sleep(min(self.w.config.max_poll_interval, 5.0))
         finally:
+            if probe_timer is not None:
+                probe_timer.cancel()
             listening.set()  # a LISTEN that ends never holds up the start
             if conn is not None:
                 await conn.close()

@@ -227,6 +227,32 @@ def test_a_registration_whose_reconciliation_reply_is_lost_is_retried_under_its_
     assert runs_per_task(runs_db) == {i: 1 for i in range(n)}
 
 
+def test_a_listen_connection_lost_before_its_probe_arrives_is_no_pooler_warning(
+    runs_db: str, proxy: Proxy
+) -> None:
+    # The probe notification itself is cut on its way to the LISTEN connection: that
+    # connection is gone, not behind a transaction pooler, and LISTEN is set up again.
+    proxy.cut_reply_containing(b"probe:listenprobe-1:")
+    proc = spawn_worker(
+        proxy.url,
+        "probeq",
+        "worker_support:record",
+        *("--worker-id", "listenprobe-1", "--max-poll-interval", "0.5"),
+        record_url=runs_db,
+    )
+    out = Output(proc)
+    try:
+        wait_for(lambda: out.count("listening on") >= 1, 30, "LISTEN to be set up again")
+        # Past the 1 s the cut probe's timer would have waited before warning.
+        time.sleep(1.5)
+    finally:
+        code = out.stop()
+    assert proxy.cut_at is not None, "the probe was never cut"
+    assert code == 0, out.text()
+    assert out.count("LISTEN connection lost") == 1, out.text()
+    assert "heard no probe notification" not in out.text()
+
+
 # --- not retried: errors a restart does not fix ---------------------------------------------
 
 
