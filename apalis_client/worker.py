@@ -413,6 +413,8 @@ class _Run:
         self.lease_lost = False
         # Set when one lane's loop failed: the others stop claiming and drain too.
         self.failed = False
+        # Set when one lane could not register for good: the others retry no more.
+        self.start_failed = False
         # Claim slots taken by claims in flight, so lanes together stay within max_tasks.
         self.reserved = 0
         # Set when the LISTEN probe did not come back: notifications are not delivered.
@@ -489,19 +491,23 @@ class _Run:
     async def _register(self) -> None:
         """Register every lane, concurrently: each is three round trips of its own connection.
 
-        A lane that fails for good (not a connection problem) ends the start-up: the lanes
-        still retrying are cancelled, and the error is raised.
+        A lane that fails for good (not a connection problem) ends the start-up: the others
+        finish the attempt under way (never cut off mid-commit) but retry no more, and the
+        first error is raised; the lanes that did register are released afterwards.
         """
-        tasks = [asyncio.ensure_future(lane.register()) for lane in self.lanes]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for t in tasks:
-            if not t.cancelled() and t.exception() is not None:
-                t.result()
+
+        async def one(lane: _Lane) -> None:
+            try:
+                await lane.register()
+            except BaseException:
+                self.start_failed = True
+                self.wake_all()
+                raise
+
+        outcomes = await asyncio.gather(*(one(lane) for lane in self.lanes), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _work(self) -> None:
         """Run every lane until it ends; one that fails stops the others, then re-raises."""
@@ -736,7 +742,8 @@ class _Lane:
 
         A lost connection or an unreachable server (ConnectionFailed) is retried, as the
         running loop reconnects, until registered or stopped; any other error is raised.
-        Stopped meanwhile, it returns unregistered (``lease`` None).
+        Stopped meanwhile (or another lane failed to start), it returns unregistered
+        (``lease`` None).
         """
         backoff = self._error_backoff()
         while True:
@@ -756,10 +763,11 @@ class _Lane:
                     exc,
                     delay,
                 )
-                if await self._stopped_within(delay):
+                if await self._gives_up_within(delay):
                     log.info(
-                        "worker %s: stopped before registering on queue %s",
+                        "worker %s: %s before registering on queue %s",
                         self.w.worker_id,
+                        "stopped" if self.w._stop_requested.is_set() else "another queue failed",
                         self.queue,
                     )
                     return
@@ -782,14 +790,21 @@ class _Lane:
         )
         await ops.reconcile_worker_async(self.conn, self.lease, [])
 
-    async def _stopped_within(self, delay: float) -> bool:
-        """Wait ``delay`` seconds or until stop() (which sets every lane's wake); stopped?"""
+    async def _gives_up_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds, or less when woken (stop() sets every lane's wake).
+
+        True when the start-up is over: stop was asked for, or another lane failed to start.
+        """
+
+        def over() -> bool:
+            return self.w._stop_requested.is_set() or self.run.start_failed
+
         self.wake.clear()
-        if self.w._stop_requested.is_set():
+        if over():
             return True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.wake.wait(), delay)
-        return self.w._stop_requested.is_set()
+        return over()
 
     async def work(self) -> None:
         """Claim and run until told to stop (or idle), then drain: acks in, the rest given up."""

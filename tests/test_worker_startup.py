@@ -19,7 +19,7 @@ from worker_support import CREATE_RUNS, Proxy, push, rows, spawn_worker, statuse
 
 from apalis_client import worker_ops as ops
 from apalis_client.errors import AlreadyRegistered, PermissionDenied, SchemaMissing
-from apalis_client.worker import Worker, WorkerConfig, WorkerStats
+from apalis_client.worker import Route, Worker, WorkerConfig, WorkerStats
 from apalis_client.worker_ops_logic import new_lease_token
 
 RETRY_LINE = "could not register on queue"
@@ -198,6 +198,27 @@ def test_sigterm_during_the_start_up_retry_exits_cleanly(runs_db: str, proxy: Pr
     code = out.stop()  # within 60 s: the backoff alone would take as long
     assert code == 0, out.text()
     assert "stopped before registering on queue stopq" in out.text()
+
+
+def test_a_queue_that_fails_to_start_ends_the_start_up_retries_of_the_others(
+    runs_db: str, proxy: Proxy
+) -> None:
+    with psycopg.connect(runs_db, autocommit=True) as conn:
+        live = ops.register_worker(conn, "reports", "m5")  # a live peer of the same id
+    # The registration reply of queue emails is cut (its row: id m5, worker_type emails):
+    # that lane would wait a minute before its retry.
+    proxy.cut_reply_containing(b"\x00\x00\x00\x02m5\x00\x00\x00\x06emails")
+    config = WorkerConfig(poll_interval=60.0, max_poll_interval=60.0)
+    routes = [Route("emails", abs), Route("reports", abs)]
+    worker = Worker(routes, conninfo=proxy.url, worker_id="m5", config=config)
+    thread, result = run_in_thread(worker)
+    thread.join(30)
+    assert not thread.is_alive(), "a lane went on retrying after another failed to start"
+    assert proxy.cut_at is not None, "the registration reply of emails was never cut"
+    assert isinstance(result.get("error"), AlreadyRegistered), result
+    found = rows(runs_db, "SELECT worker_type, lease_token FROM apalis.workers WHERE id = 'm5'")
+    # emails retried no more: its one attempt was cut and rolled back, nothing to release.
+    assert {r["worker_type"]: r["lease_token"] for r in found} == {"reports": live.lease_token}
 
 
 def test_a_registration_whose_reconciliation_reply_is_lost_is_retried_under_its_own_lease(
