@@ -56,6 +56,7 @@ from apalis_client.worker_logic import (
     parse_notify_payload,
 )
 from apalis_client.worker_ops import Job, Lease
+from apalis_client.worker_ops_logic import new_lease_token
 
 log = logging.getLogger("apalis_client.worker")
 # A library logs to its users' handlers only: without any configured, failures are not
@@ -159,9 +160,11 @@ class Worker:
     The worker registers as a Rust 0.6 worker does (stale sweep, then registration), and
     on every stop (normal end, SIGTERM/SIGINT, ``until_idle``, ``max_tasks``, or a crash
     of its own loop) it acks what finished and then releases its registration: what it
-    still holds goes back to Pending and the id can be registered again at once. After
-    registering and after every reconnect it reconciles: claims in its name that it is
-    not running (a claim whose reply was lost) are handed back.
+    still holds goes back to Pending and the id can be registered again at once. A lost
+    connection or an unreachable server while it starts (sweep, registration,
+    reconciliation) is retried like a reconnect until it registers or is stopped; other
+    errors are raised at once. After registering and after every reconnect it reconciles:
+    claims in its name that it is not running (a claim whose reply was lost) are handed back.
 
     ``retry`` is the backoff of a failed attempt that will be retried (a policy, a callable
     ``attempt -> seconds`` or constant seconds; default
@@ -410,6 +413,8 @@ class _Run:
         self.lease_lost = False
         # Set when one lane's loop failed: the others stop claiming and drain too.
         self.failed = False
+        # Set when one lane could not register for good: the others retry no more.
+        self.start_failed = False
         # Claim slots taken by claims in flight, so lanes together stay within max_tasks.
         self.reserved = 0
         # Set when the LISTEN probe did not come back: notifications are not delivered.
@@ -435,13 +440,9 @@ class _Run:
                 server = start_metrics_server(self.w.metrics_port or 0, self.prom.registry)
                 self.w.metrics_server = server
                 log.info("worker %s: metrics on port %d", self.w.worker_id, server.port)
-            # Concurrently: a lane's registration is three round trips of its own connection.
-            registered = await asyncio.gather(
-                *(lane.register() for lane in self.lanes), return_exceptions=True
-            )
-            for outcome in registered:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            await self._register()
+            if any(lane.lease is None for lane in self.lanes):
+                return self._stats(started)  # stopped while start-up was being retried
             listening = asyncio.Event() if self.w.config.listen else None
             group = ServiceGroup(self._services(listening))
             group.start()
@@ -472,6 +473,9 @@ class _Run:
                     )
             if server is not None:
                 server.stop()
+        return self._stats(started)
+
+    def _stats(self, started: float) -> WorkerStats:
         seconds = time.monotonic() - started
         parts = {
             lane.queue: _stats_of(lane.stats, self.w.worker_id, seconds) for lane in self.lanes
@@ -483,6 +487,27 @@ class _Run:
                 ", ".join(f"{q} {s.done} done" for q, s in parts.items()),
             )
         return _total(self.w.worker_id, seconds, parts)
+
+    async def _register(self) -> None:
+        """Register every lane, concurrently: each is three round trips of its own connection.
+
+        A lane that fails for good (not a connection problem) ends the start-up: the others
+        finish the attempt under way (never cut off mid-commit) but retry no more, and the
+        first error is raised; the lanes that did register are released afterwards.
+        """
+
+        async def one(lane: _Lane) -> None:
+            try:
+                await lane.register()
+            except BaseException:
+                self.start_failed = True
+                self.wake_all()
+                raise
+
+        outcomes = await asyncio.gather(*(one(lane) for lane in self.lanes), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _work(self) -> None:
         """Run every lane until it ends; one that fails stops the others, then re-raises."""
@@ -588,6 +613,7 @@ class _Run:
     async def _listen_loop(self, listening: asyncio.Event) -> None:
         """One LISTEN connection for every lane: inserts wake the lane of their queue."""
         conn: psycopg.AsyncConnection[Any] | None = None
+        probe_timer: asyncio.Future[None] | None = None
         queues = set(self.by_queue)
         try:
             while True:
@@ -622,11 +648,16 @@ class _Run:
                 except (ApalisError, psycopg.Error) as exc:
                     # Polling keeps the worker going meanwhile.
                     log.error("worker %s: LISTEN connection lost: %s", self.w.worker_id, exc)
+                    if probe_timer is not None:
+                        # Its probe died with the connection: no pooler warning for that.
+                        probe_timer.cancel()
                     listening.set()
                     if conn is not None:
                         await conn.close()
                     await asyncio.sleep(min(self.w.config.max_poll_interval, 5.0))
         finally:
+            if probe_timer is not None:
+                probe_timer.cancel()
             listening.set()  # a LISTEN that ends never holds up the start
             if conn is not None:
                 await conn.close()
@@ -679,6 +710,10 @@ class _Lane:
         self.sweep_hold_until = 0.0
         self.last_heartbeat = time.monotonic()
         self.cancelled = 0
+        # Drawn once per run and presented by every registration attempt: a retry after a
+        # lost reply finds a committed row holding it and refreshes it as its own, where a
+        # fresh token would be refused (a fresh row of another token is never taken over).
+        self.lease_token = new_lease_token()
 
     def _db(self) -> tuple[psycopg.AsyncConnection[Any], Lease]:
         if self.conn is None or self.lease is None:
@@ -698,13 +733,44 @@ class _Lane:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _error_backoff(self) -> Backoff:
+        """The delays between attempts after a database error: at start-up and in the loop."""
+        return Backoff(self.cfg.poll_interval, max(self.cfg.max_poll_interval, 5.0))
+
     async def register(self) -> None:
-        """Connect, register (stale sweep first) and hand back claims left in our name."""
-        self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
-        self.lease = await ops.register_worker_async(
-            self.conn, self.queue, self.w.worker_id, orphan_threshold=self.cfg.orphan_threshold
-        )
-        await ops.reconcile_worker_async(self.conn, self.lease, [])
+        """Connect, register (stale sweep first) and hand back claims left in our name.
+
+        A lost connection or an unreachable server (ConnectionFailed) is retried, as the
+        running loop reconnects, until registered or stopped; any other error is raised.
+        Stopped meanwhile (or another lane failed to start), it returns unregistered
+        (``lease`` None).
+        """
+        backoff = self._error_backoff()
+        while True:
+            try:
+                await self._register_once()
+                break
+            except ConnectionFailed as exc:
+                self.lease = None
+                if self.conn is not None:
+                    await self.conn.close()
+                    self.conn = None
+                delay = backoff.idle()
+                log.warning(
+                    "worker %s: could not register on queue %s: %s; retrying in %.1fs",
+                    self.w.worker_id,
+                    self.queue,
+                    exc,
+                    delay,
+                )
+                if await self._gives_up_within(delay):
+                    log.info(
+                        "worker %s: %s before registering on queue %s",
+                        self.w.worker_id,
+                        "stopped" if self.w._stop_requested.is_set() else "another queue failed",
+                        self.queue,
+                    )
+                    return
         if not self.s.spec.is_async:
             # Spare threads so that a timed-out handler, which cannot be stopped, does
             # not keep its slot: the next task gets a fresh thread.
@@ -712,6 +778,33 @@ class _Lane:
             self.executor = ThreadPoolExecutor(
                 max_workers=self.s.concurrency + spare, thread_name_prefix=f"apalis-{self.queue}"
             )
+
+    async def _register_once(self) -> None:
+        self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+        self.lease = await ops.register_worker_async(
+            self.conn,
+            self.queue,
+            self.w.worker_id,
+            orphan_threshold=self.cfg.orphan_threshold,
+            lease_token=self.lease_token,
+        )
+        await ops.reconcile_worker_async(self.conn, self.lease, [])
+
+    async def _gives_up_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds, or less when woken (stop() sets every lane's wake).
+
+        True when the start-up is over: stop was asked for, or another lane failed to start.
+        """
+
+        def over() -> bool:
+            return self.w._stop_requested.is_set() or self.run.start_failed
+
+        self.wake.clear()
+        if over():
+            return True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), delay)
+        return over()
 
     async def work(self) -> None:
         """Claim and run until told to stop (or idle), then drain: acks in, the rest given up."""
@@ -783,7 +876,7 @@ class _Lane:
     async def _claim_loop(self) -> None:
         backoff = Backoff(self.cfg.poll_interval, self.cfg.max_poll_interval)
         next_poll = 0.0  # poll at once
-        errors = Backoff(self.cfg.poll_interval, max(self.cfg.max_poll_interval, 5.0))
+        errors = self._error_backoff()
         while True:
             if self.in_flight and self.completed:
                 # One loop turn lets completions already queued join this ack batch.

@@ -99,6 +99,7 @@ async def register_worker_async(
     worker_id: str,
     *,
     orphan_threshold: float = 300.0,
+    lease_token: str | None = None,
 ) -> Lease:
     """Register ``worker_id`` on ``queue`` under a fresh lease token, as the Rust crate 0.6 does.
 
@@ -110,8 +111,12 @@ async def register_worker_async(
     AlreadyRegistered otherwise, or while another session is registering the same id.
     On an autocommit connection each transaction is its own; inside the caller's
     transaction they are savepoints (never committed here).
+
+    ``lease_token`` (default: a fresh random ULID) is for retrying a
+    registration whose reply was lost: the row it may have committed holds that token, so
+    the retry presenting it again refreshes its own row instead of being refused.
     """
-    lease = _new_lease(queue, worker_id)
+    lease = _new_lease(queue, worker_id, lease_token)
     threshold = _check_threshold(orphan_threshold)
     await reenqueue_orphans_async(conn, lease.queue, orphan_threshold=threshold)
     with database_errors("register worker"):

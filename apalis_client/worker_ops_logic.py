@@ -107,11 +107,16 @@ class AckReport:
     stale: list[Job]
 
 
-def _new_lease(queue: str, worker_id: str) -> Lease:
+def new_lease_token() -> str:
+    """A fresh lease token (a random ULID), as the Rust crate 0.6 writes at registration."""
+    return str(ULID())
+
+
+def _new_lease(queue: str, worker_id: str, lease_token: str | None = None) -> Lease:
     return Lease(
         worker_id=limits.check_worker_id(worker_id),
         queue=limits.check_queue(queue),
-        lease_token=str(ULID()),
+        lease_token=new_lease_token() if lease_token is None else lease_token,
     )
 
 

@@ -260,8 +260,8 @@ def test_backends_terminated_again_and_again_under_worker_processes_run_each_tas
     ]
     terminated = 0
     try:
-        # From when both run: a worker that cannot register at start exits (status 4), as
-        # documented, for its supervisor to restart; this test is about running workers.
+        # From when both run: terminations during start-up are test_worker_startup's; this
+        # test is about running workers.
         wait_for(
             lambda: (
                 len(rows(migrated_db, "SELECT 1 FROM apalis.workers WHERE lease_token IS NOT NULL"))

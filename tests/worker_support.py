@@ -203,6 +203,8 @@ class Proxy:
         self.cut_at: float | None = None
         self.is_down = False
         self.closed = False
+        # Connections refused while down: a client's attempts, counted.
+        self.refused = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut_reply_containing(self, needle: bytes) -> None:
@@ -239,6 +241,8 @@ class Proxy:
                 refuse = self.is_down
             if refuse:
                 client.close()
+                with self.lock:
+                    self.refused += 1
                 continue
             try:
                 if isinstance(self.target, str):
