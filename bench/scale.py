@@ -26,6 +26,7 @@ import contextlib
 import os
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -358,8 +359,10 @@ def chart(stages: list[Stage], path: Path) -> None:
     except ImportError:
         print("(no plot: matplotlib is not installed)", file=sys.stderr)
         return
-    names = [s.name for s in stages]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    # Stage names are long: horizontal bars, names wrapped on the shared y axis.
+    names = [textwrap.fill(s.name, 28) for s in stages]
+    rows = range(len(stages))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.9 * len(stages)), sharey=True)
     for ax, series, title in (
         (a, [s.ratios() for s in stages], "claim+ack throughput, history / empty"),
         (b, [s.lat_ratios() for s in stages], "claim latency, history / empty"),
@@ -367,10 +370,12 @@ def chart(stages: list[Stage], path: Path) -> None:
         med = [statistics.median(v) for v in series]
         lo = [m - min(v) for m, v in zip(med, series, strict=True)]
         hi = [max(v) - m for m, v in zip(med, series, strict=True)]
-        ax.bar(names, med, yerr=[lo, hi], capsize=4, color="#4a7fb5")
-        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.barh(rows, med, xerr=[lo, hi], capsize=4, color="#4a7fb5")
+        ax.axvline(1.0, color="grey", linewidth=0.8)
         ax.set_title(title, fontsize=10)
-    a.axhline(0.9, color="red", linewidth=0.8, linestyle="--")
+    a.set_yticks(list(rows), names, fontsize=8)
+    a.invert_yaxis()
+    a.axvline(0.9, color="red", linewidth=0.8, linestyle="--")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot: {path}", file=sys.stderr)
