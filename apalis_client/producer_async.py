@@ -81,8 +81,7 @@ async def push_batch_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> 
     except psycopg.Error as exc:
         raise await _failed_async(conn, plan, exc) from exc
     except ApalisError as error:
-        with cleanup_after(error, "rolling back the push's own transaction"):
-            await _end_own_async(conn, plan)
+        await _end_own_async(conn, plan, error)
         raise
     return cast("list[TaskId]", list(batch.ids))
 
@@ -109,18 +108,13 @@ async def push_job_async(conn: psycopg.AsyncConnection[Any], queue: str, job: by
             batch.ids[0] = task_id
             raise conflict_error(batch, await sql.find_conflicts(conn, **batch.lookup()))
     except psycopg.Error as exc:
-        raise await _failed_async(conn, _plan(status, conn.autocommit), exc) from exc
+        # The plan of the state the push started in (idle or in a transaction), as a batch's.
+        plan = plan_for(TransactionStatus(status), conn.autocommit)
+        raise await _failed_async(conn, plan, exc) from exc
     except ApalisError as error:
-        with cleanup_after(error, "rolling back the push's own transaction"):
-            await _end_own_async(conn, _plan(status, conn.autocommit))
+        await _end_own_async(conn, plan_for(TransactionStatus(status), conn.autocommit), error)
         raise
     return task_id
-
-
-def _plan(status: int, autocommit: bool) -> Plan:
-    if status == _INTRANS:
-        return Plan.IN_TRANSACTION
-    return Plan.AUTOCOMMIT if autocommit else Plan.OPENS_TRANSACTION
 
 
 async def _failed_async(
@@ -133,8 +127,7 @@ async def _failed_async(
     aborted = conn.info.transaction_status == TransactionStatus.INERROR
     if plan is Plan.IN_TRANSACTION and aborted:
         error.args = (f"{error}; {ABORTED}",)
-    with cleanup_after(error, "rolling back the push's own transaction"):
-        await _end_own_async(conn, plan)
+    await _end_own_async(conn, plan, error)
     return error
 
 
@@ -170,10 +163,14 @@ async def _insert_async(conn: psycopg.AsyncConnection[Any], batch: Batch) -> Non
         await sql.push_tasks(conn, **batch.columns())
 
 
-async def _end_own_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> None:
+async def _end_own_async(
+    conn: psycopg.AsyncConnection[Any], plan: Plan, error: ApalisError
+) -> None:
     # A push that opened the transaction and failed ends it: it holds nothing but the push.
+    # That rollback failing too never hides the push's own ``error``.
     if plan is Plan.OPENS_TRANSACTION and conn.info.transaction_status in _OPEN:
-        await conn.rollback()
+        with cleanup_after(error, "rolling back the push's own transaction"):
+            await conn.rollback()
 
 
 async def push_with_conn_async(
