@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -227,22 +228,19 @@ async def purge_async(
     started = time.monotonic()
     deleted = batches = 0
     with database_errors("purge"):
-        async with conn.transaction():
-            row = await retention_async.retention_cutoff(conn, window_secs=window)
-        if row is None:
-            raise RuntimeError("retention_cutoff returned no row")
+        cutoff = await _cutoff_async(conn, window)
         for step in (retention_async.purge_batch, retention_async.purge_batch_undated):
             after = EPOCH
             while True:
                 async with conn.transaction():
-                    done = await step(conn, queue=queue, after=after, cutoff=row.cutoff, batch=size)
+                    done = await step(conn, queue=queue, after=after, cutoff=cutoff, batch=size)
                 batches += 1
                 count = done.deleted if done is not None else 0
                 deleted += count
                 if count < size or done is None or done.last_at is None:
                     break
                 after = done.last_at
-    return PurgeReport(deleted, batches, row.cutoff, time.monotonic() - started)
+    return PurgeReport(deleted, batches, cutoff, time.monotonic() - started)
 
 
 async def vacuum_async(
@@ -272,20 +270,26 @@ async def prune_workers_async(
     started = time.monotonic()
     deleted = batches = 0
     with database_errors("prune workers"):
-        async with conn.transaction():
-            row = await retention_async.retention_cutoff(conn, window_secs=window)
-        if row is None:
-            raise RuntimeError("retention_cutoff returned no row")
+        cutoff = await _cutoff_async(conn, window)
         while True:
             async with conn.transaction():
                 count = await workers_async.prune_workers_batch(
-                    conn, queue=queue, cutoff=row.cutoff, batch=size
+                    conn, queue=queue, cutoff=cutoff, batch=size
                 )
             batches += 1
             deleted += count
             if count < size:
                 break
-    return PurgeReport(deleted, batches, row.cutoff, time.monotonic() - started)
+    return PurgeReport(deleted, batches, cutoff, time.monotonic() - started)
+
+
+async def _cutoff_async(conn: psycopg.AsyncConnection[Any], window: float) -> datetime:
+    # Fixed once, on the server's clock, before the first batch (purge and prune alike).
+    async with conn.transaction():
+        row = await retention_async.retention_cutoff(conn, window_secs=window)
+    if row is None:
+        raise RuntimeError("retention_cutoff returned no row")
+    return row.cutoff
 
 
 async def list_workers_async(
