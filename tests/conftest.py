@@ -147,6 +147,18 @@ def runs_db(migrated_db: str) -> str:
     return migrated_db
 
 
+@pytest.fixture
+def record_db(databases: Databases) -> str:
+    """A database of its own holding the ``runs`` table, for tests that terminate the queue
+    database's backends: the recorder is never cut, so every recorded run is a real one."""
+    from worker_support import CREATE_RUNS
+
+    url = databases.create()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(CREATE_RUNS.encode())
+    return url
+
+
 Query = Callable[[str, str], list[tuple[Any, ...]]]
 
 

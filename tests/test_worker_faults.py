@@ -16,7 +16,6 @@ from rust06_worker import RELEASE_MESSAGE, RustWorker
 from ulid import ULID
 from worker_support import (
     CRASH_FLAGS,
-    CREATE_RUNS,
     Background,
     Proxy,
     push,
@@ -235,13 +234,8 @@ def test_a_reconnect_after_terminated_backends_strands_nothing(migrated_db: str)
 
 
 def test_backends_terminated_again_and_again_under_worker_processes_run_each_task_once(
-    migrated_db: str, databases: Any
+    migrated_db: str, record_db: str
 ) -> None:
-    # Runs are recorded in another database, so terminating the queue database's backends
-    # never touches the recorder: every recorded run is a real run of the handler.
-    record_db = databases.create()
-    with psycopg.connect(record_db, autocommit=True) as conn:
-        conn.execute(CREATE_RUNS.encode())
     n = 400
     push(migrated_db, "term", [{"n": i} for i in range(n)])
     dbname = psycopg.conninfo.conninfo_to_dict(migrated_db)["dbname"]

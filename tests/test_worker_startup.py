@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from worker_support import CREATE_RUNS, Proxy, push, rows, spawn_worker, statuses, wait_for
+from worker_support import Proxy, push, rows, spawn_worker, statuses, wait_for
 
 from apalis_client import worker_ops as ops
 from apalis_client.errors import AlreadyRegistered, PermissionDenied, SchemaMissing
@@ -95,12 +95,8 @@ def proxy(runs_db: str) -> Iterator[Proxy]:
 
 
 def test_connections_terminated_during_start_up_still_register_and_run_each_task_once(
-    migrated_db: str, databases: Any
+    migrated_db: str, record_db: str
 ) -> None:
-    # Runs are recorded in another database, untouched by the terminations.
-    record_db = databases.create()
-    with psycopg.connect(record_db, autocommit=True) as conn:
-        conn.execute(CREATE_RUNS.encode())
     n = 50
     push(migrated_db, "boot", [{"n": i} for i in range(n)])
     dbname = conninfo_to_dict(migrated_db)["dbname"]
