@@ -18,20 +18,12 @@ import psycopg
 import pydantic
 import pytest
 from conftest import run_sql_file
-from worker_support import Background, push, rows, statuses, task, wait_for
+from worker_support import FAST, Background, push, rows, statuses, task, wait_for
 
 from apalis_client import Config, InvalidArgument, PostgresStorage
 from apalis_client import worker_ops as ops
 from apalis_client.worker import Worker, WorkerConfig
 from apalis_client.worker_logic import TRUNCATION_MARKER
-
-FAST = WorkerConfig(
-    poll_interval=0.02,
-    max_poll_interval=0.2,
-    heartbeat_interval=0.5,
-    orphan_threshold=2.0,
-    shutdown_timeout=5.0,
-)
 
 
 @pytest.fixture(params=["thread", "async"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from worker_support import REPO, TESTS_DIR, Background, push, rows, task, wait_for
+from worker_support import FAST, REPO, TESTS_DIR, Background, push, rows, task, wait_for
 
 from apalis_client import admin
 from apalis_client.context import current_task
@@ -25,15 +25,7 @@ from apalis_client.errors import TaskStateConflict
 from apalis_client.handler_options import handler_options
 from apalis_client.periodic import slot_key
 from apalis_client.retry import ConstantBackoff, ExponentialBackoff
-from apalis_client.worker import Worker, WorkerConfig
-
-FAST = WorkerConfig(
-    poll_interval=0.02,
-    max_poll_interval=0.2,
-    heartbeat_interval=0.5,
-    orphan_threshold=2.0,
-    shutdown_timeout=5.0,
-)
+from apalis_client.worker import Worker
 
 
 def always_fails(_: Any) -> None:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from worker_support import (
     CRASH_FLAGS,
+    FAST,
     TESTS_DIR,
     Background,
     push,
@@ -33,13 +34,6 @@ from apalis_client.cli import main
 from apalis_client.periodic import Periodic
 from apalis_client.worker import Worker, WorkerConfig
 
-FAST = WorkerConfig(
-    poll_interval=0.02,
-    max_poll_interval=0.2,
-    heartbeat_interval=0.5,
-    orphan_threshold=2.0,
-    shutdown_timeout=5.0,
-)
 # Polls so rare that only a notification can start a task within the tests' waits.
 NOTIFY_ONLY = WorkerConfig(poll_interval=60, max_poll_interval=60, heartbeat_interval=30)
 QUEUES = ("emails", "reports", "thumbs")

@@ -25,11 +25,21 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from ulid import ULID
 
-from apalis_client.worker import Worker, WorkerStats
+from apalis_client.worker import Worker, WorkerConfig, WorkerStats
 from apalis_generated.push import push_tasks
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
+
+
+# Timings short enough for tests: quick polls, heartbeats and orphan recovery, a bounded stop.
+FAST = WorkerConfig(
+    poll_interval=0.02,
+    max_poll_interval=0.2,
+    heartbeat_interval=0.5,
+    orphan_threshold=2.0,
+    shutdown_timeout=5.0,
+)
 
 
 def push(
