@@ -299,7 +299,8 @@ def test_a_fresh_id_found_taken_is_a_duplicate_id_and_leaves_the_transaction_usa
     # Start the id generator from a known (millisecond, random) pair, so the next fresh id is
     # known and can be taken first: the single push's INSERT then writes no row.
     ms, random = int(time.time() * 1000) + 60_000, 41
-    monkeypatch.setattr(apalis_client.task, "_last", (ms, random))
+    last = (ms, random, apalis_client.task._time_digits(ms))
+    monkeypatch.setattr(apalis_client.task, "_last", last)
     taken = str(ULID.from_int(ms << 80 | (random + 1)))
     with psycopg.connect(outbox_db, autocommit=True) as conn:
         conn.execute("INSERT INTO apalis.jobs (job, id, job_type) VALUES ('1', %s, 'q')", (taken,))

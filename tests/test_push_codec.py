@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -13,6 +14,7 @@ from psycopg.pq import TransactionStatus
 from pydantic import BaseModel, Field
 from ulid import ULID
 
+import apalis_client.task
 from apalis_client import IdempotencyConflict, InvalidArgument, JsonCodec, Task
 from apalis_client._push import (
     Plan,
@@ -24,7 +26,7 @@ from apalis_client._push import (
 )
 from apalis_client.codec import JSON, to_json
 from apalis_client.errors import ConnectionFailed, DatabaseError, DuplicateTaskId
-from apalis_client.task import new_task_id
+from apalis_client.task import _time_digits, new_task_id
 from apalis_generated.models import FindConflictsRow
 
 
@@ -94,6 +96,13 @@ class Color(enum.Enum):
         ({"b": 1, "a": {"z": [1e16]}}, b'{"b":1,"a":{"z":[1e16]}}'),
         ({"e+": "e+1", "k": 1e20}, b'{"e+":"e+1","k":1e20}'),
         ({1: "int key"}, b'{"1":"int key"}'),
+        # Flat dicts of plain scalars take a shorter path; the bytes must not change.
+        (
+            {"s": "zoë", "t": True, "f": False, "z": None, "hi": 2**64 - 1, "lo": -(2**63)},
+            '{"s":"zoë","t":true,"f":false,"z":null,"hi":18446744073709551615,'
+            '"lo":-9223372036854775808}'.encode(),
+        ),
+        ({"s": "see e+5 NaN -Infinity\n"}, b'{"s":"see e+5 NaN -Infinity\\n"}'),
         (Email(to="a@b.c", retriesLeft=2), b'{"to":"a@b.c","retriesLeft":2,"cc":[]}'),
         (Point(y=1.0, x=2.5), b'{"y":1.0,"x":2.5}'),
         (
@@ -143,6 +152,17 @@ def test_lone_surrogate_is_rejected() -> None:
         to_json("\ud800")
 
 
+def test_lone_surrogate_in_a_flat_dict_is_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="cannot encode a dict"):
+        to_json({"s": "\ud800"})
+
+
+@pytest.mark.parametrize("n", [2**64, -(2**63) - 1])
+def test_out_of_range_int_in_a_flat_dict_is_rejected(n: int) -> None:
+    with pytest.raises(InvalidArgument, match=f"JSON integer {n} is out of range"):
+        to_json({"n": n})
+
+
 def test_a_custom_codec_plugs_in() -> None:
     class Upper:
         def encode(self, value: str, /) -> bytes:
@@ -180,6 +200,25 @@ def test_fresh_ids_are_canonical_ulids_stamped_now_and_increasing() -> None:
     assert all(str(ULID.from_str(i)) == i for i in ids)
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert before <= ULID.from_str(ids[0]).datetime <= ULID.from_str(ids[-1]).datetime <= after
+
+
+def test_a_fresh_id_is_the_ulid_of_its_millisecond_and_random_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A later millisecond than now, so the next id counts up from this state.
+    ms, random = int(time.time() * 1000) + 60_000, 0xFFFF_FFFF_FFFF_FFFF_FF00
+    monkeypatch.setattr(apalis_client.task, "_last", (ms, random, _time_digits(ms)))
+    assert new_task_id() == str(ULID.from_int(ms << 80 | (random + 1)))
+
+
+def test_a_millisecond_whose_count_runs_out_moves_the_id_to_the_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ms = int(time.time() * 1000) + 60_000
+    monkeypatch.setattr(apalis_client.task, "_last", (ms, (1 << 80) - 1, _time_digits(ms)))
+    following = ULID.from_str(new_task_id())
+    assert int(following) >> 80 == ms + 1
+    assert following > ULID.from_int(ms << 80 | ((1 << 80) - 1))
 
 
 def test_task_id_is_normalized_to_canonical_ulid() -> None:
