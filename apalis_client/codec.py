@@ -92,6 +92,22 @@ def _inspect(value: Any) -> bool:
     return found
 
 
+_FLAT_LEAVES = frozenset({str, bool, type(None)})
+
+
+def _flat(value: dict[Any, Any]) -> bool:
+    """Whether ``value`` holds only str, bool, None and i64/u64-range ints: the usual payload,
+    which pydantic writes exactly as serde_json does, with nothing to check or rewrite."""
+    for item in value.values():
+        kind = type(item)
+        if kind is int:
+            if not MIN_JSON_INT <= item <= MAX_JSON_INT:
+                return False
+        elif kind not in _FLAT_LEAVES:
+            return False
+    return True
+
+
 def _bytes_as_arrays(value: Any) -> Any:
     """``value`` with every bytes object turned into a list of ints, as serde writes Vec<u8>."""
     if isinstance(value, _BYTES):
@@ -118,13 +134,15 @@ def to_json(value: Any) -> bytes:
     infinities are rejected, and so is what serde_json would refuse to read back: nesting
     of 128 arrays/objects or more, integers outside i64/u64.
     """
-    if _inspect(value):
+    # A flat dict of plain scalars (the usual payload) has nothing to find or rewrite.
+    flat = type(value) is dict and _flat(value)
+    if not flat and _inspect(value):
         value = _bytes_as_arrays(value)
     try:
         out = pydantic_core.to_json(value, by_alias=True, inf_nan_mode="constants")
     except pydantic_core.PydanticSerializationError as exc:
         raise InvalidArgument(f"cannot encode a {type(value).__name__} as JSON: {exc}") from exc
-    if b"e+" in out or b"NaN" in out or b"Infinity" in out:
+    if not flat and (b"e+" in out or b"NaN" in out or b"Infinity" in out):
         out = _TOKENS.sub(_fix, out)
     return out
 
