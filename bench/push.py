@@ -30,6 +30,8 @@ from ulid import ULID
 
 import apalis_client
 from apalis_client import Task, push_many_with_conn, push_with_conn
+from apalis_client.task import new_task_id
+from apalis_client.task import now_whole_seconds as now
 from apalis_codegen.pgfind import scratch_database
 from apalis_generated import push as gen
 
@@ -104,6 +106,16 @@ def raw_on_conflict(conn: Conn) -> None:
     conn.execute(b"COMMIT")
 
 
+def raw_like_push(conn: Conn) -> None:
+    # The strictest baseline: the push's own statement in the same `conn.transaction()`, with
+    # the push's id and timestamp minting and json.dumps, so only the wrapper differs.
+    with conn.transaction():
+        conn.execute(
+            INSERT_ONE_ON_CONFLICT,
+            (json.dumps(ARGS, separators=(",", ":")).encode(), new_task_id(), QUEUE, now()),
+        )
+
+
 def raw_pipelined(conn: Conn) -> None:
     with conn.pipeline():
         conn.execute(b"BEGIN")
@@ -134,6 +146,7 @@ OPENS_TX = "apalis push_with_conn + conn.commit(), the push opens the transactio
 RAW_3RT = "raw VALUES: BEGIN / INSERT / COMMIT (3 RT)"
 RAW_PIPELINED = "raw VALUES: pipelined (1 RT)"
 RAW_SAME = "raw, the push's statement (VALUES ... ON CONFLICT DO NOTHING): BEGIN / INSERT / COMMIT"
+RAW_LIKE = "raw, the push's statement in `conn.transaction()`, with the push's id minting"
 # name, case, autocommit connection?
 SINGLE: list[tuple[str, Case, bool]] = [
     (IN_TX, apalis_in_transaction, True),
@@ -141,6 +154,7 @@ SINGLE: list[tuple[str, Case, bool]] = [
     (RAW_3RT, raw_3_trips, True),
     (RAW_PIPELINED, raw_pipelined, True),
     (RAW_SAME, raw_on_conflict, True),
+    (RAW_LIKE, raw_like_push, True),
     ("raw VALUES: result read before COMMIT (2 RT)", raw_result_before_commit, True),
     ("raw VALUES: with SAVEPOINT / RELEASE (5 RT)", raw_savepoint, True),
 ]
@@ -415,12 +429,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, fn, _ in SINGLE:
                 fn(own[name])
         # Cases take turns in chunks of 10 transactions, so a burst of load from elsewhere on
-        # the machine lands on all of them rather than on whichever case was running.
+        # the machine lands on all of them rather than on whichever case was running; the turn
+        # starts one case later each round, so no case always follows the same one.
         chunk = 10
         for _ in range(a.runs):
             spent = dict.fromkeys(single, 0.0)
-            for _ in range(max(1, a.single // chunk)):
-                for name, fn, _ in SINGLE:
+            for turn in range(max(1, a.single // chunk)):
+                start = turn % len(SINGLE)
+                for name, fn, _ in SINGLE[start:] + SINGLE[:start]:
                     conn = own[name]
                     t0 = time.perf_counter()
                     for _ in range(chunk):
@@ -514,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         f">= 0.95): {paired(single, IN_TX, RAW_3RT)}",
         f"- push_with_conn in a transaction / raw, the push's statement, BEGIN/INSERT/COMMIT: "
         f"{paired(single, IN_TX, RAW_SAME)}",
+        f"- push_with_conn in a transaction / the same raw in conn.transaction(), the push's "
+        f"id minting (the wrapper alone): {paired(single, IN_TX, RAW_LIKE)}",
         f"- push_with_conn in a transaction / raw VALUES pipelined (1 RT; target >= 0.9): "
         f"{paired(single, IN_TX, RAW_PIPELINED)}",
         f"- push_with_conn + commit, push opens the transaction / raw BEGIN/INSERT/COMMIT "
