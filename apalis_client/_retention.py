@@ -10,9 +10,10 @@ from typing import Any
 
 import psycopg
 
+from apalis_client._connection import connect
 from apalis_client.admin_async import operator_kills_async, purge_async
 from apalis_client.config import WorkerConfig
-from apalis_client.errors import ApalisError, ConnectionFailed
+from apalis_client.errors import ApalisError
 from apalis_generated.models import Job
 
 log = logging.getLogger("apalis_client.worker")
@@ -47,7 +48,7 @@ async def retention_loop(
             delay = config.retention_interval
             try:
                 if conn is None or conn.closed or conn.broken:
-                    conn = await _connect(conninfo, connect_kwargs)
+                    conn = await connect(conninfo, connect_kwargs)
                 report = await purge_async(conn, queue, older_than=window)
             except ApalisError as exc:
                 log.warning("retention purge of queue %s failed: %s", queue, exc)
@@ -86,13 +87,3 @@ async def log_operator_kills(
             task_id,
             reason,
         )
-
-
-async def _connect(
-    conninfo: str, kwargs: Mapping[str, Any] | None = None
-) -> psycopg.AsyncConnection[Any]:
-    try:
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **(kwargs or {}))
-    except psycopg.OperationalError as exc:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConnectionFailed("connect", line) from exc

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from apalis_client import limits
 from apalis_client import worker_ops_async as ops
+from apalis_client._connection import connect
 from apalis_client._retention import log_operator_kills, retention_loop
 from apalis_client._services import Service, ServiceGroup
 from apalis_client.cancellation import CANCEL_CHANNEL, CANCEL_MESSAGE, parse_cancel_payload
@@ -566,7 +567,7 @@ class _Run:
                         continue
                     try:
                         if conn is None or conn.closed or conn.broken:
-                            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+                            conn = await connect(self.w.conninfo, self.w.connect_kwargs)
                         lost = await ops.lost_claims_async(conn, lane.lease, running)
                     except ApalisError as exc:
                         log.error("worker %s: lost-claims check failed: %s", self.w.worker_id, exc)
@@ -591,7 +592,7 @@ class _Run:
         delivered, and the worker would only find tasks by polling.
         """
         try:
-            conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+            conn = await connect(self.w.conninfo, self.w.connect_kwargs)
             try:
                 await ops.notify_probe_async(conn, CANCEL_CHANNEL, probe)
             finally:
@@ -618,7 +619,7 @@ class _Run:
         try:
             while True:
                 try:
-                    conn = await _connect(
+                    conn = await connect(
                         self.w.listen_conninfo or self.w.conninfo, self.w.connect_kwargs
                     )
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
@@ -780,7 +781,7 @@ class _Lane:
             )
 
     async def _register_once(self) -> None:
-        self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+        self.conn = await connect(self.w.conninfo, self.w.connect_kwargs)
         self.lease = await ops.register_worker_async(
             self.conn,
             self.queue,
@@ -1203,7 +1204,7 @@ class _Lane:
             return
         self.outage_seen = True
         try:
-            self.conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+            self.conn = await connect(self.w.conninfo, self.w.connect_kwargs)
             log.info("worker %s: reconnected", self.w.worker_id)
             self.observer.reconnected(self.w.worker_id, "claim connection")
         except ConnectionFailed as exc:
@@ -1274,7 +1275,7 @@ class _Lane:
                 await asyncio.sleep(self.cfg.heartbeat_interval)
                 try:
                     if conn is None or conn.closed or conn.broken:
-                        conn = await _connect(self.w.conninfo, self.w.connect_kwargs)
+                        conn = await connect(self.w.conninfo, self.w.connect_kwargs)
                     await ops.heartbeat_async(conn, lease)
                 except WorkerNotRegistered:
                     self._lose_lease(lease)
@@ -1295,16 +1296,6 @@ class _Lane:
         finally:
             if conn is not None:
                 await conn.close()
-
-
-async def _connect(
-    conninfo: str, kwargs: Mapping[str, Any] | None = None
-) -> psycopg.AsyncConnection[Any]:
-    try:
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **(kwargs or {}))
-    except psycopg.OperationalError as exc:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConnectionFailed("connect", line) from exc
 
 
 def _err_text(outcome: Outcome) -> str:
