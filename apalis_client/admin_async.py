@@ -136,15 +136,22 @@ async def retry_task_async(conn: psycopg.AsyncConnection[Any], task_id: str) -> 
     (wanted,) = canonical_ids(task_id)
     with database_errors("retry task"):
         task = await admin_q_async.retry_task(conn, id=wanted)
-        if task is None:
-            current = await admin_q_async.find_task(conn, id=wanted)
+        return await _changed_async(
+            conn, wanted, task, "only Done, Failed or Killed tasks can be retried"
+        )
+
+
+async def _changed_async(
+    conn: psycopg.AsyncConnection[Any], task_id: str, task: Job | None, refused: str
+) -> Job:
+    # The row a one-task UPDATE returned; when it matched none, one look-up tells a missing
+    # task from one whose status the UPDATE's condition ``refused``.
     if task is not None:
         return task
+    current = await admin_q_async.find_task(conn, id=task_id)
     if current is None:
-        raise TaskNotFound([wanted])
-    raise TaskStateConflict(
-        wanted, current.status, "only Done, Failed or Killed tasks can be retried"
-    )
+        raise TaskNotFound([task_id])
+    raise TaskStateConflict(task_id, current.status, refused)
 
 
 async def retry_tasks_async(conn: psycopg.AsyncConnection[Any], queue: str, status: str) -> int:
@@ -166,13 +173,7 @@ async def kill_task_async(
     (wanted,) = canonical_ids(task_id)
     with database_errors("kill task"):
         task = await admin_q_async.kill_task(conn, id=wanted, reason=reason)
-        if task is None:
-            current = await admin_q_async.find_task(conn, id=wanted)
-    if task is not None:
-        return task
-    if current is None:
-        raise TaskNotFound([wanted])
-    raise TaskStateConflict(wanted, current.status, "it has already finished; nothing to kill")
+        return await _changed_async(conn, wanted, task, "it has already finished; nothing to kill")
 
 
 async def cancel_async(conn: psycopg.AsyncConnection[Any], task_id: str) -> Job:
