@@ -69,7 +69,8 @@ def test_migrate_cli_tunes_autovacuum_on_request(
     code, out, err = run(capsys, "migrate", "--database-url", empty_db, "--tune-autovacuum")
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == (
-        "apalis.jobs: autovacuum tuned (vacuum after 10,000 changed rows, unthrottled)"
+        "apalis.jobs: autovacuum tuned (vacuum after 10,000 changed rows, unthrottled, "
+        "indexes cleaned every time)"
     )
     assert _options(query, empty_db) == TUNED
 
