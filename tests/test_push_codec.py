@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -219,6 +221,42 @@ def test_a_millisecond_whose_count_runs_out_moves_the_id_to_the_next_one(
     following = ULID.from_str(new_task_id())
     assert int(following) >> 80 == ms + 1
     assert following > ULID.from_int(ms << 80 | ((1 << 80) - 1))
+
+
+def test_ids_minted_on_many_threads_are_distinct_and_increase_per_thread() -> None:
+    minted: list[list[str]] = [[] for _ in range(4)]
+
+    def mint(out: list[str]) -> None:
+        out.extend(new_task_id() for _ in range(5000))
+
+    threads = [threading.Thread(target=mint, args=(out,)) for out in minted]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(out == sorted(out) for out in minted)
+    assert len({i for out in minted for i in out}) == 20_000
+
+
+def test_a_forked_child_does_not_count_on_from_its_parents_last_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A state a minute ahead, so parent and child would both count up from it, not from now.
+    ms = int(time.time() * 1000) + 60_000
+    monkeypatch.setattr(apalis_client.task, "_last", (ms, 7, _time_digits(ms)))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: mint, report, leave without running pytest's teardown
+        os.close(read)
+        os.write(write, "\n".join(new_task_id() for _ in range(200)).encode())
+        os._exit(0)
+    os.close(write)
+    parents = {new_task_id() for _ in range(200)}
+    with os.fdopen(read, "rb") as pipe:
+        childs = set(pipe.read().decode().split("\n"))
+    os.waitpid(pid, 0)
+    assert len(childs) == 200
+    assert not parents & childs
 
 
 def test_task_id_is_normalized_to_canonical_ulid() -> None:
