@@ -22,7 +22,8 @@ TaskId = NewType("TaskId", str)
 
 
 # Crockford's base32 two digits at a time: ten bits index one of 1,024 pairs. (base64's
-# b32encode is a Python loop before 3.13 and cost most of a push's own time.)
+# b32encode is written in Python, a loop over 5-byte chunks, and cost most of a push's own
+# time on Python 3.11.)
 _DIGITS: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS: Final = tuple(a + b for a in _DIGITS for b in _DIGITS)
 _RANDOM_BITS: Final = 80
