@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -238,25 +239,39 @@ def test_ids_minted_on_many_threads_are_distinct_and_increase_per_thread() -> No
     assert len({i for out in minted for i in out}) == 20_000
 
 
-def test_a_forked_child_does_not_count_on_from_its_parents_last_id(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A state a minute ahead, so parent and child would both count up from it, not from now.
-    ms = int(time.time() * 1000) + 60_000
-    monkeypatch.setattr(apalis_client.task, "_last", (ms, 7, _time_digits(ms)))
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: mint, report, leave without running pytest's teardown
+# Forks in a fresh interpreter: pytest's own process may hold threads, and a child of it that
+# failed before os._exit would go on running the suite.
+_FORK_SCRIPT = """
+import os, time
+import apalis_client.task as task
+# A state a minute ahead, so parent and child would both count up from it, not from now.
+ms = int(time.time() * 1000) + 60_000
+task._last = (ms, 7, task._time_digits(ms))
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
         os.close(read)
-        os.write(write, "\n".join(new_task_id() for _ in range(200)).encode())
+        os.write(write, " ".join(task.new_task_id() for _ in range(200)).encode())
+    finally:
         os._exit(0)
-    os.close(write)
-    parents = {new_task_id() for _ in range(200)}
-    with os.fdopen(read, "rb") as pipe:
-        childs = set(pipe.read().decode().split("\n"))
-    os.waitpid(pid, 0)
-    assert len(childs) == 200
-    assert not parents & childs
+os.close(write)
+parents = [task.new_task_id() for _ in range(200)]
+with os.fdopen(read, "rb") as pipe:
+    child = pipe.read().decode()
+os.waitpid(pid, 0)
+print(" ".join(parents))
+print(child)
+"""
+
+
+def test_a_forked_child_does_not_count_on_from_its_parents_last_id() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, check=True, timeout=60
+    )
+    parents, child = (set(line.split()) for line in done.stdout.splitlines())
+    assert len(parents) == len(child) == 200
+    assert not parents & child
 
 
 def test_task_id_is_normalized_to_canonical_ulid() -> None:
