@@ -166,22 +166,19 @@ def seed_queues(url: str, n: int) -> None:
 
 
 def check_queues(url: str, n: int) -> None:
+    _check_done_once(url, n, QUEUES)
+
+
+def check_apalis(url: str, n: int) -> None:
+    _check_done_once(url, n, [QUEUE])
+
+
+def _check_done_once(url: str, n: int, queues: list[str]) -> None:
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'Done' AND attempts = 1), count(*)"
             " FROM apalis.jobs WHERE job_type = ANY(%s)",
-            (QUEUES,),
-        ).fetchone()
-    if row != (n, n):
-        raise Unavailable(f"only {row[0] if row else 0} of {n} tasks Done once")
-
-
-def check_apalis(url: str, n: int) -> None:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'Done' AND attempts = 1), count(*)"
-            " FROM apalis.jobs WHERE job_type = %s",
-            (QUEUE,),
+            (queues,),
         ).fetchone()
     if row != (n, n):
         raise Unavailable(f"only {row[0] if row else 0} of {n} tasks Done once")
